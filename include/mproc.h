@@ -1,0 +1,11 @@
+/*
+ * mproc.h: the whole public API of libmproc, Python's multiprocessing for C.
+ * Include this, or only the parts you use from <mproc/...>.
+ */
+#ifndef MPROC_H
+#define MPROC_H
+
+#include <mproc/common.h>
+#include <mproc/process.h>
+
+#endif /* MPROC_H */

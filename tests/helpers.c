@@ -1,0 +1,100 @@
+/* helpers.c: see helpers.h. */
+#define _GNU_SOURCE
+#include "helpers.h"
+
+#include <dirent.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+static int count_entries(const char *path)
+{
+    DIR *dir = opendir(path);
+    if (!dir)
+        return -1;
+    int n = 0;
+    struct dirent *entry;
+    while ((entry = readdir(dir)))
+        n += entry->d_name[0] != '.';
+    closedir(dir);
+    return n;
+}
+
+int test_count_fds(void)
+{
+    /* opendir() holds one descriptor while counting. */
+    return count_entries("/proc/self/fd") - 1;
+}
+
+int test_count_dev_shm(void)
+{
+    return count_entries("/dev/shm");
+}
+
+/* Reads state and parent pid from /proc/<pid>/stat; false if it is gone. */
+static bool read_stat(pid_t pid, char *state, pid_t *ppid)
+{
+    char path[64], buf[512];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The command name may hold spaces and parentheses: parse after the last ')'. */
+    char *close = strrchr(buf, ')');
+    int parent = 0;
+    if (!close || sscanf(close + 1, " %c %d", state, &parent) != 2)
+        return false;
+    *ppid = parent;
+    return true;
+}
+
+int test_count_zombie_children(void)
+{
+    DIR *dir = opendir("/proc");
+    if (!dir)
+        return -1;
+    int zombies = 0;
+    pid_t self = getpid();
+    struct dirent *entry;
+    while ((entry = readdir(dir))) {
+        pid_t pid = (pid_t)atoi(entry->d_name);
+        char state;
+        pid_t ppid;
+        if (pid > 0 && read_stat(pid, &state, &ppid) && ppid == self && state == 'Z')
+            zombies++;
+    }
+    closedir(dir);
+    return zombies;
+}
+
+char test_process_state(pid_t pid)
+{
+    char state;
+    pid_t ppid;
+    return read_stat(pid, &state, &ppid) ? state : 0;
+}
+
+int64_t test_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool test_wait_pid_dead(pid_t pid, int timeout_ms)
+{
+    int64_t deadline = test_now_ms() + timeout_ms;
+    for (;;) {
+        char state = test_process_state(pid);
+        if (state == 0 || state == 'Z' || state == 'X')
+            return true;
+        if (test_now_ms() >= deadline)
+            return false;
+        usleep(5000);
+    }
+}

@@ -1,0 +1,97 @@
+/*
+ * The tutorial's examples: each is run as a program and its output checked,
+ * so that the examples in examples/ stay true.
+ */
+#define _GNU_SOURCE
+#include "helpers.h"
+
+#include <criterion/criterion.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+
+#define MAX_LINES 64
+
+struct output {
+    char lines[MAX_LINES][128];
+    int count;
+    int status;
+};
+
+/* Runs an example with stdin from /dev/null; collects its lines and exit status. */
+static void run_example(const char *name, struct output *out)
+{
+    char command[512];
+    snprintf(command, sizeof(command), "%s/%s </dev/null", MPROC_EXAMPLES_DIR, name);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(pipe, "cannot run %s", command);
+    out->count = 0;
+    char line[128];
+    while (fgets(line, sizeof(line), pipe)) {
+        cr_assert_lt(out->count, MAX_LINES, "%s printed too much", name);
+        line[strcspn(line, "\n")] = '\0';
+        snprintf(out->lines[out->count++], sizeof(out->lines[0]), "%s", line);
+    }
+    out->status = pclose(pipe);
+    cr_assert(WIFEXITED(out->status) && WEXITSTATUS(out->status) == 0, "%s failed: status %d", name,
+              out->status);
+}
+
+static int count_lines(const struct output *out, const char *line)
+{
+    int n = 0;
+    for (int i = 0; i < out->count; i++)
+        n += strcmp(out->lines[i], line) == 0;
+    return n;
+}
+
+Test(examples, process_basic, .timeout = 30)
+{
+    struct output out;
+    run_example("process_basic", &out);
+    cr_assert_eq(out.count, 5, "expected 5 lines, got %d", out.count);
+    for (int i = 0; i < 5; i++) {
+        char expected[32];
+        snprintf(expected, sizeof(expected), "Process: %d", i);
+        cr_assert_eq(count_lines(&out, expected), 1, "missing or repeated: %s", expected);
+    }
+}
+
+Test(examples, process_subclass, .timeout = 30)
+{
+    struct output out;
+    run_example("process_subclass", &out);
+    /* MyProcess(2), (3) and (4): 2 + 3 + 4 lines, each count once per pid. */
+    cr_assert_eq(out.count, 9, "expected 9 lines, got %d", out.count);
+    int per_count[4] = {0};
+    int pids[3] = {0};
+    int npids = 0;
+    for (int i = 0; i < out.count; i++) {
+        int pid, count;
+        cr_assert_eq(sscanf(out.lines[i], "Pid:%d LoopCount: %d", &pid, &count), 2,
+                     "unexpected line: %s", out.lines[i]);
+        cr_assert(count >= 0 && count < 4);
+        per_count[count]++;
+        int known = 0;
+        for (int j = 0; j < npids; j++)
+            known |= pids[j] == pid;
+        if (!known && npids < 3)
+            pids[npids++] = pid;
+    }
+    cr_assert_eq(npids, 3, "expected 3 distinct pids");
+    cr_assert_eq(per_count[0], 3);
+    cr_assert_eq(per_count[1], 3);
+    cr_assert_eq(per_count[2], 2);
+    cr_assert_eq(per_count[3], 1);
+}
+
+Test(examples, globals_not_shared, .timeout = 30)
+{
+    struct output out;
+    run_example("globals_not_shared", &out);
+    cr_assert_geq(out.count, 3);
+    cr_assert(strstr(out.lines[0], "demo1") && strstr(out.lines[0], "a = 2"), "%s", out.lines[0]);
+    cr_assert(strstr(out.lines[1], "demo2") && strstr(out.lines[1], "a = 1"), "%s", out.lines[1]);
+    cr_assert(strstr(out.lines[2], "main") && strstr(out.lines[2], "a = 1"), "%s", out.lines[2]);
+}
