@@ -6,6 +6,10 @@
 #define MPROC_H
 
 #include <mproc/common.h>
+#include <mproc/pipe.h>
 #include <mproc/process.h>
+#include <mproc/queue.h>
+#include <mproc/shm.h>
+#include <mproc/sync.h>
 
 #endif /* MPROC_H */

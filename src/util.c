@@ -4,6 +4,10 @@
 
 #include <errno.h>
 #include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -48,4 +52,71 @@ void mproc__close(int fd)
     /* Linux frees the descriptor even when close() fails: never retry it. */
     (void)close(fd);
     errno = saved;
+}
+
+static atomic_uint fork_generation;
+static pthread_once_t fork_hook_once = PTHREAD_ONCE_INIT;
+
+/* Runs in the child right after fork(): an atomic increment is async-signal-safe. */
+static void on_fork_child(void)
+{
+    atomic_fetch_add(&fork_generation, 1);
+}
+
+static void install_fork_hook(void)
+{
+    (void)pthread_atfork(NULL, NULL, on_fork_child);
+}
+
+unsigned mproc__fork_generation(void)
+{
+    pthread_once(&fork_hook_once, install_fork_hook);
+    return atomic_load_explicit(&fork_generation, memory_order_relaxed);
+}
+
+/* Reads state and start time from /proc/<pid>/stat; false if it is gone. */
+static bool read_pid_stat(pid_t pid, char *state, uint64_t *start_time)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    FILE *f = fopen(path, "re");
+    if (!f)
+        return false;
+    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
+    fclose(f);
+    buf[n] = '\0';
+    /* The name may hold spaces and parentheses: fields restart after the last ')'. */
+    char *p = strrchr(buf, ')');
+    if (!p || p[1] != ' ')
+        return false;
+    p += 2;
+    *state = *p;
+    /* Field 3 is the state; the start time is field 22. */
+    for (int field = 3; field < 22 && p; field++) {
+        p = strchr(p, ' ');
+        if (p)
+            p++;
+    }
+    if (!p)
+        return false;
+    *start_time = strtoull(p, NULL, 10);
+    return true;
+}
+
+uint64_t mproc__pid_start_time(pid_t pid)
+{
+    char state;
+    uint64_t start_time = 0;
+    return read_pid_stat(pid, &state, &start_time) ? start_time : 0;
+}
+
+bool mproc__pid_alive(pid_t pid, uint64_t start_time)
+{
+    char state;
+    uint64_t actual = 0;
+    if (pid <= 0 || !read_pid_stat(pid, &state, &actual))
+        return false;
+    if (state == 'Z' || state == 'X')
+        return false;
+    return start_time == 0 || actual == start_time;
 }

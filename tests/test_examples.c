@@ -94,4 +94,16 @@ Test(examples, globals_not_shared, .timeout = 30)
     cr_assert(strstr(out.lines[0], "demo1") && strstr(out.lines[0], "a = 2"), "%s", out.lines[0]);
     cr_assert(strstr(out.lines[1], "demo2") && strstr(out.lines[1], "a = 1"), "%s", out.lines[1]);
     cr_assert(strstr(out.lines[2], "main") && strstr(out.lines[2], "a = 1"), "%s", out.lines[2]);
+    /* The right way, with a shared Value: both children's increments are seen. */
+    const char *shared = "main (MainProcess): shared a = 3 after two children added 1";
+    cr_assert_eq(count_lines(&out, shared), 1, "missing: %s", shared);
+}
+
+Test(examples, queue_download_save, .timeout = 30)
+{
+    struct output out;
+    run_example("queue_download_save", &out);
+    cr_assert_eq(out.count, 2, "expected 2 lines, got %d", out.count);
+    cr_assert_eq(count_lines(&out, "The data has been downloaded successfully...."), 1);
+    cr_assert_eq(count_lines(&out, "[11, 22, 33, 44]"), 1);
 }

@@ -1,0 +1,45 @@
+/*
+ * robust.c: process-shared robust mutexes. A process can be killed at any
+ * instruction, including while it holds a lock in shared memory. With a
+ * robust mutex the kernel marks the lock when its holder dies and the next
+ * locker gets EOWNERDEAD: it holds the lock and must repair the data, instead
+ * of every process waiting forever (Python's gh-88304, gh-96062).
+ */
+#define _GNU_SOURCE
+#include "internal.h"
+
+#include <errno.h>
+#include <pthread.h>
+
+int mproc__mutex_init(pthread_mutex_t *mutex)
+{
+    pthread_mutexattr_t attr;
+    int rc = pthread_mutexattr_init(&attr);
+    if (rc != 0)
+        return -rc;
+    rc = pthread_mutexattr_setpshared(&attr, PTHREAD_PROCESS_SHARED);
+    if (rc == 0)
+        rc = pthread_mutexattr_setrobust(&attr, PTHREAD_MUTEX_ROBUST);
+    if (rc == 0)
+        rc = pthread_mutex_init(mutex, &attr);
+    pthread_mutexattr_destroy(&attr);
+    return -rc;
+}
+
+struct timespec mproc__deadline_timespec(int64_t deadline)
+{
+    struct timespec ts = {.tv_sec = deadline / 1000, .tv_nsec = (deadline % 1000) * 1000000};
+    return ts;
+}
+
+int mproc__mutex_lock(pthread_mutex_t *mutex, int64_t deadline)
+{
+    int rc;
+    if (deadline < 0) {
+        rc = pthread_mutex_lock(mutex);
+    } else {
+        struct timespec abs_time = mproc__deadline_timespec(deadline);
+        rc = pthread_mutex_clocklock(mutex, CLOCK_MONOTONIC, &abs_time);
+    }
+    return -rc;
+}
