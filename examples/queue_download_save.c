@@ -52,8 +52,8 @@ static int savedata(void *arg)
 
 int main(void)
 {
-    mproc_queue *queue;
-    mproc_process *producer, *consumer;
+    mproc_queue *queue = NULL;
+    mproc_process *producer = NULL, *consumer = NULL;
     int rc = mproc_queue_create(&queue, 0, 0);
     if (rc == 0)
         rc = mproc_process_create(&producer, download, queue);

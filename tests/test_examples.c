@@ -107,3 +107,31 @@ Test(examples, queue_download_save, .timeout = 30)
     cr_assert_eq(count_lines(&out, "The data has been downloaded successfully...."), 1);
     cr_assert_eq(count_lines(&out, "[11, 22, 33, 44]"), 1);
 }
+
+Test(examples, pool_apply_async, .timeout = 60)
+{
+    struct output out;
+    run_example("pool_apply_async", &out);
+    int starts = 0, completes = 0, npids = 0;
+    int pids[16];
+    for (int i = 0; i < out.count; i++) {
+        int task, pid;
+        double secs;
+        if (sscanf(out.lines[i], "%d Start execution,Process number is %d", &task, &pid) == 2) {
+            starts++;
+            int known = 0;
+            for (int j = 0; j < npids; j++)
+                known |= pids[j] == pid;
+            if (!known && npids < 16)
+                pids[npids++] = pid;
+        } else if (sscanf(out.lines[i], "%d Execution complete,time consuming %lf", &task, &secs) ==
+                   2) {
+            completes++;
+            cr_assert(secs >= 0 && secs < 2.5, "task %d took %f s", task, secs);
+        }
+    }
+    cr_assert_eq(starts, 10);
+    cr_assert_eq(completes, 10);
+    /* Pool(3): ten tasks, at most three worker processes. */
+    cr_assert(npids >= 1 && npids <= 3, "%d worker processes", npids);
+}

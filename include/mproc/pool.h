@@ -1,0 +1,291 @@
+/*
+ * mproc/pool.h: a pool of worker processes that runs tasks, as Python's
+ * multiprocessing.Pool and concurrent.futures.ProcessPoolExecutor, without
+ * their hangs when a worker dies.
+ *
+ * A task is a C function of this program that receives argument bytes and
+ * returns result bytes, or fails with a message. Arguments and results are
+ * copied between processes and may be of any size.
+ *
+ * Workers are forked from a small single-threaded fork server that the pool
+ * starts when it is created, before the pool's own thread exists: a worker
+ * replaced later is never a fork of a multithreaded process. Create the pool
+ * early, before your program starts threads that hold locks the tasks need.
+ *
+ * In the creating process the pool runs one thread of its own, the result
+ * thread: it collects results, runs callbacks, replaces dead workers and
+ * enforces timeouts. Tasks may be submitted from any thread of the creating
+ * process; the pool belongs to that process (children get -ECHILD).
+ *
+ * When a worker dies while it runs a task (SIGKILL, a crash, the OOM killer),
+ * the task's result completes with MPROC_EWORKERDIED and a message naming
+ * the worker's pid and signal (or the task runs again once on a fresh worker,
+ * if the pool was told to retry); the worker is replaced and the pool goes on.
+ * Tasks queued behind it on that worker never ran: they go to other workers.
+ */
+#ifndef MPROC_POOL_H
+#define MPROC_POOL_H
+
+#include <mproc/common.h>
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mproc_pool mproc_pool;
+typedef struct mproc_result mproc_result;
+typedef struct mproc_imap mproc_imap;
+typedef struct mproc_task_ctx mproc_task_ctx;
+
+/*
+ * A task: runs in a worker with the argument bytes (valid during the call).
+ * It returns 0 and may set result bytes with mproc_task_return(), or returns
+ * non-zero and may explain why with mproc_task_fail(); a non-zero return
+ * without a message fails with "task returned N".
+ */
+typedef int (*mproc_task_fn)(mproc_task_ctx *ctx, const void *arg, size_t len);
+
+/* Runs once in each worker when it starts; non-zero makes the worker exit. */
+typedef int (*mproc_initializer_fn)(void *arg);
+
+/*
+ * Called in the pool's result thread when a result completes, successfully
+ * (callback) or not (error callback). It must not block for long: every other
+ * result waits behind it. The result stays owned by whoever owns it.
+ */
+typedef void (*mproc_result_callback)(mproc_result *result, void *arg);
+
+/* Options for mproc_pool_create(); zero means the default for each field. */
+typedef struct mproc_pool_options {
+    int workers;                      /* default: mproc_cpu_count() */
+    mproc_initializer_fn initializer; /* run in each worker before its first task */
+    void *initializer_arg;            /* passed as is (workers are forks) */
+    unsigned max_tasks_per_child;     /* replace a worker after this many tasks; 0: never */
+    int task_timeout_ms;              /* kill a task's worker after this long; 0: no limit */
+    bool retry_on_worker_death;       /* run a task again once if its worker dies under it */
+} mproc_pool_options;
+
+/* ---- task side: called inside a task ---- */
+
+/* Sets the task's result to a copy of len bytes. Returns 0, -ENOMEM, -EINVAL. */
+MPROC_API int mproc_task_return(mproc_task_ctx *ctx, const void *data, size_t len);
+
+/*
+ * Fails the task with a message (printf format, truncated to 4 KiB) and
+ * returns MPROC_ETASKFAILED, so that a task can end with
+ * `return mproc_task_fail(ctx, "cannot open %s: %s", path, why);`.
+ */
+MPROC_API int mproc_task_fail(mproc_task_ctx *ctx, const char *format, ...)
+    __attribute__((format(printf, 2, 3)));
+
+/*
+ * The descriptors sent with the task (mproc_pool_apply_async_fds()): sets
+ * *fd to the index-th, which the task may use until it returns (the worker
+ * closes it then). Returns 0, or -EINVAL when there is no such descriptor.
+ */
+MPROC_API int mproc_task_fd(mproc_task_ctx *ctx, size_t index, int *fd);
+
+/* Index of the worker running the task (0 to workers-1), for logs and stats. */
+MPROC_API int mproc_task_worker_index(const mproc_task_ctx *ctx);
+
+/*
+ * Gives a task function a name, so that it can be found in a process that is
+ * not a fork of this one (the MPI pool). Register before creating pools.
+ * Returns 0, -EINVAL, -EEXIST (name taken by another function), -ENOSPC.
+ */
+MPROC_API int mproc_task_register(const char *name, mproc_task_fn fn);
+
+/* Finds a registered task by name. Returns 0, -ENOENT. */
+MPROC_API int mproc_task_lookup(const char *name, mproc_task_fn *fn);
+
+/* ---- the pool ---- */
+
+/*
+ * Starts a pool: the fork server, the workers and the result thread.
+ * options may be NULL for all defaults. Returns 0 and sets *out, -EINVAL,
+ * -ENOMEM, -EAGAIN (fork), or another negated errno.
+ */
+MPROC_API int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options);
+
+/* Number of workers. */
+MPROC_API int mproc_pool_workers(const mproc_pool *pool);
+
+/*
+ * Submits fn(arg) and returns at once. arg is copied before the call returns.
+ * *result (if result is not NULL) receives a handle the caller owns and
+ * frees with mproc_result_destroy(); with result NULL the pool frees it after
+ * the callbacks ran. callback or error_callback may be NULL.
+ * Returns 0, MPROC_ECLOSED (after close or terminate), -EINVAL, -ENOMEM,
+ * -ECHILD (not the creating process).
+ */
+MPROC_API int mproc_pool_apply_async(mproc_pool *pool, mproc_task_fn fn, const void *arg,
+                                     size_t len, mproc_result_callback callback,
+                                     mproc_result_callback error_callback, void *callback_arg,
+                                     mproc_result **result);
+
+/*
+ * As apply_async(), and sends nfds descriptors along (duplicated: the caller
+ * keeps its own), for example a queue made after the pool started
+ * (mproc_queue_fd()): the task gets them with mproc_task_fd().
+ */
+MPROC_API int mproc_pool_apply_async_fds(mproc_pool *pool, mproc_task_fn fn, const void *arg,
+                                         size_t len, const int *fds, size_t nfds,
+                                         mproc_result **result);
+
+/* Submits a task by its registered name. -ENOENT if no task has that name. */
+MPROC_API int mproc_pool_apply_async_named(mproc_pool *pool, const char *name, const void *arg,
+                                           size_t len, mproc_result **result);
+
+/*
+ * Runs fn(arg) on a worker and waits for it: Python's apply(). On success
+ * *out (free() it) and *out_len receive the result bytes. Returns 0, or the
+ * task's error (MPROC_ETASKFAILED, MPROC_EWORKERDIED, -ETIMEDOUT), or -EINTR
+ * if a signal handler interrupted the wait (the task goes on).
+ */
+MPROC_API int mproc_pool_apply(mproc_pool *pool, mproc_task_fn fn, const void *arg, size_t len,
+                               void **out, size_t *out_len);
+
+/*
+ * Python's map_async()/starmap_async(): runs fn on each of count items,
+ * sending chunksize items per task (0: about four chunks per worker, but no
+ * more than about 64 KiB of input or 4,096 items per chunk), and returns one
+ * result that completes when all have. Item i's result bytes
+ * come from mproc_result_item(). The items are copied before it returns.
+ */
+MPROC_API int mproc_pool_map_async(mproc_pool *pool, mproc_task_fn fn, const struct iovec *items,
+                                   size_t count, size_t chunksize, mproc_result **result);
+
+/* map_async() then wait: Python's map(). Returns what mproc_result_get() would. */
+MPROC_API int mproc_pool_map(mproc_pool *pool, mproc_task_fn fn, const struct iovec *items,
+                             size_t count, size_t chunksize, mproc_result **result);
+
+/*
+ * Where imap() pulls its input from, one item at a time, as it needs it:
+ * returns 1 and sets *item and *len (valid until the next call), 0 at the end,
+ * or a negative error that ends the iteration with that error.
+ */
+typedef int (*mproc_item_source)(void *source_arg, const void **item, size_t *len);
+
+/*
+ * Python's imap()/imap_unordered(): an iterator over fn's results for the
+ * items that source yields, pulling items only as room frees up: at most
+ * window items (0: 4 x workers x chunksize) are read ahead and not yet
+ * returned, whatever the input's length. ordered: results in input order
+ * (imap) or as they complete (imap_unordered). chunksize 0 means 1: pass a
+ * larger one for tiny tasks (Python's imap() has the same default).
+ */
+MPROC_API int mproc_pool_imap(mproc_pool *pool, mproc_task_fn fn, mproc_item_source source,
+                              void *source_arg, size_t chunksize, size_t window, bool ordered,
+                              mproc_imap **out);
+
+/*
+ * Next result: *data and *len are valid until the next call or destroy, *index
+ * is the item's position in the input. Returns 0; MPROC_ECLOSED at the end;
+ * the item's error (MPROC_ETASKFAILED ... : the iteration goes on after it,
+ * as Python's raises and lets you continue); -ETIMEDOUT; -EINTR.
+ */
+MPROC_API int mproc_imap_next(mproc_imap *it, const void **data, size_t *len, size_t *index,
+                              int timeout_ms);
+
+/* Frees the iterator; tasks still running finish and are dropped. */
+MPROC_API int mproc_imap_destroy(mproc_imap **it);
+
+/* No more submissions; workers exit when the work is done (Python's close()). */
+MPROC_API int mproc_pool_close(mproc_pool *pool);
+
+/*
+ * Waits until every worker has exited after close() (Python's join()).
+ * Returns 0, -EINVAL if the pool was not closed or terminated first,
+ * -ETIMEDOUT, -EINTR.
+ */
+MPROC_API int mproc_pool_join(mproc_pool *pool, int timeout_ms);
+
+/*
+ * Stops now: workers are killed (SIGTERM, then SIGKILL after a grace
+ * period), and every result not complete fails with MPROC_EBROKEN. Returns 0.
+ */
+MPROC_API int mproc_pool_terminate(mproc_pool *pool);
+
+/*
+ * Terminates if needed, stops the result thread, reaps every process and
+ * frees the pool; *pool becomes NULL. Results the caller still owns stay
+ * valid (completed with MPROC_EBROKEN if they were not done).
+ */
+MPROC_API int mproc_pool_destroy(mproc_pool **pool);
+
+/*
+ * A descriptor that becomes readable when results have completed since it was
+ * last drained (an eventfd): poll it, then call mproc_pool_drain_ready() and
+ * look at the results you own. Owned by the pool.
+ */
+MPROC_API int mproc_pool_fd(const mproc_pool *pool, int *fd);
+
+/* Resets the readiness descriptor. Returns 0. */
+MPROC_API int mproc_pool_drain_ready(mproc_pool *pool);
+
+/* ---- results ---- */
+
+/*
+ * Waits up to timeout_ms for the result. On success sets *data and *len to the
+ * result bytes, owned by the result (valid until destroy); either may be
+ * NULL. Returns 0; the task's error: MPROC_ETASKFAILED (see
+ * mproc_result_error()), MPROC_EWORKERDIED, -ETIMEDOUT (the task ran over
+ * the pool's task timeout), MPROC_ECANCELLED, MPROC_EBROKEN (terminated);
+ * or, for the wait itself, -EAGAIN when not ready within timeout_ms, -EINTR.
+ */
+MPROC_API int mproc_result_get(mproc_result *result, const void **data, size_t *len,
+                               int timeout_ms);
+
+/* Waits without fetching: 0 when ready, -EAGAIN, -EINTR. */
+MPROC_API int mproc_result_wait(mproc_result *result, int timeout_ms);
+
+/* Whether the result is complete, successfully or not. */
+MPROC_API bool mproc_result_ready(const mproc_result *result);
+
+/* Whether it completed successfully (false while not ready, as Python raises). */
+MPROC_API bool mproc_result_successful(const mproc_result *result);
+
+/*
+ * The error message of a failed result ("worker 1234 died: killed by signal
+ * 9 (Killed)"), or NULL. Owned by the result.
+ */
+MPROC_API const char *mproc_result_error(const mproc_result *result);
+
+/*
+ * For a map result: item index's result bytes, or its error code
+ * (mproc_result_item_error() gives the message). Valid once the map result
+ * is ready and until destroy.
+ */
+MPROC_API int mproc_result_item(const mproc_result *result, size_t index, const void **data,
+                                size_t *len);
+MPROC_API const char *mproc_result_item_error(const mproc_result *result, size_t index);
+
+/* Number of items of a map result (1 for apply). */
+MPROC_API size_t mproc_result_count(const mproc_result *result);
+
+/*
+ * Cancels a task that has not started: returns 0 and the result completes
+ * with MPROC_ECANCELLED; -EBUSY if it is running or done.
+ */
+MPROC_API int mproc_result_cancel(mproc_result *result);
+
+/*
+ * concurrent.futures.wait(): waits until all (all = true) or any of the
+ * count results are ready, or the timeout. Sets *ready_count. Returns 0,
+ * -EAGAIN (timeout), -EINTR.
+ */
+MPROC_API int mproc_result_wait_many(mproc_result *const *results, size_t count, bool all,
+                                     size_t *ready_count, int timeout_ms);
+
+/* Frees a result handle (a running task finishes and its result is dropped). */
+MPROC_API int mproc_result_destroy(mproc_result **result);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* MPROC_POOL_H */

@@ -1,0 +1,1432 @@
+/*
+ * pool.c: the creating process's side of the pool: submission, dispatch to
+ * per-worker queues, and the result thread.
+ *
+ * Every task has a record here until its result is in: the record keeps the
+ * serialised task, so that a task whose worker died before starting it can be
+ * sent to another worker. Dispatch keeps at most `window` tasks queued on a
+ * worker; the window adapts to the measured task time (about 2 ms of work
+ * queued per worker), so that tiny tasks stream and long ones stay balanced.
+ *
+ * All state below is guarded by pool->lock, taken by submitting threads and
+ * by the result thread. Callbacks run in the result thread without the lock.
+ */
+#define _GNU_SOURCE
+#include "pool_internal.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#define POOL_MAGIC      0x6d70706cu /* "mppl" */
+#define MIN_WINDOW      1
+#define MAX_WINDOW      1024
+#define QUEUED_WORK_NS  2000000.0
+#define RESULT_BATCH    64
+#define HOUSEKEEPING_MS 100
+
+enum pool_state { POOL_RUNNING, POOL_CLOSED, POOL_TERMINATED, POOL_BROKEN };
+
+struct task {
+    uint64_t id;
+    mproc_result *result;
+    size_t chunk; /* which chunk of result this task fills */
+    size_t nitems;
+    unsigned char *msg; /* serialised: struct pool_task_msg + body */
+    size_t msg_len;
+    int *fds;
+    size_t nfds;
+    int worker; /* -1 while pending */
+    bool retried;
+    bool timed_out;
+    struct task *prev, *next; /* pending list, or the worker's in-flight list */
+    struct task *hash_next;
+};
+
+struct task_list {
+    struct task *head, *tail;
+    size_t count;
+};
+
+struct worker_state {
+    bool up;
+    bool spawning;
+    bool stop_sent;
+    pid_t pid;
+    uint32_t generation;
+    unsigned dispatched; /* since it started, for max_tasks_per_child */
+    struct task_list inflight;
+};
+
+struct callback_job {
+    mproc_result *result;
+};
+
+struct mproc_pool {
+    uint32_t magic;
+    pid_t owner;
+    int workers;
+    mproc_pool_options options;
+    mproc_queue *result_q;
+    mproc_queue **task_q;
+    int *parent_socks; /* per worker: the end for sending descriptors */
+    int *worker_socks; /* the other ends, kept only in the fork server's lineage */
+    int server_sock;
+    pid_t server_pid;
+    struct mproc__region slots_region;
+    struct pool_slot *slots;
+    pthread_t thread;
+    bool thread_started;
+    int event_fd;
+
+    pthread_mutex_t lock;
+    enum pool_state state;
+    bool quit;
+    uint64_t next_id;
+    struct task_list pending;
+    struct worker_state *ws;
+    struct task **table; /* id -> task, chained */
+    size_t table_size;
+    size_t ntasks;
+    double avg_task_ns;
+    size_t window;
+    _Atomic uint32_t all_down; /* futex word for join() */
+    const char *broken_reason;
+};
+
+static bool valid(const mproc_pool *pool)
+{
+    return pool && pool->magic == POOL_MAGIC;
+}
+
+/* ---- task lists and table ---- */
+
+static void list_push(struct task_list *list, struct task *t, bool front)
+{
+    t->prev = t->next = NULL;
+    if (!list->head) {
+        list->head = list->tail = t;
+    } else if (front) {
+        t->next = list->head;
+        list->head->prev = t;
+        list->head = t;
+    } else {
+        t->prev = list->tail;
+        list->tail->next = t;
+        list->tail = t;
+    }
+    list->count++;
+}
+
+static void list_remove(struct task_list *list, struct task *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        list->head = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    else
+        list->tail = t->prev;
+    t->prev = t->next = NULL;
+    list->count--;
+}
+
+static size_t bucket(const mproc_pool *pool, uint64_t id)
+{
+    return (size_t)(id * 0x9e3779b97f4a7c15ull >> 20) & (pool->table_size - 1);
+}
+
+static int table_grow(mproc_pool *pool)
+{
+    size_t size = pool->table_size ? pool->table_size * 2 : 1024;
+    struct task **table = calloc(size, sizeof(struct task *));
+    if (!table)
+        return -ENOMEM;
+    struct task **old = pool->table;
+    size_t old_size = pool->table_size;
+    pool->table = table;
+    pool->table_size = size;
+    for (size_t i = 0; i < old_size; i++) {
+        for (struct task *t = old[i], *next; t; t = next) {
+            next = t->hash_next;
+            size_t b = bucket(pool, t->id);
+            t->hash_next = table[b];
+            table[b] = t;
+        }
+    }
+    free(old);
+    return 0;
+}
+
+static int table_add(mproc_pool *pool, struct task *t)
+{
+    if (pool->ntasks >= pool->table_size) {
+        int rc = table_grow(pool);
+        if (rc < 0)
+            return rc;
+    }
+    size_t b = bucket(pool, t->id);
+    t->hash_next = pool->table[b];
+    pool->table[b] = t;
+    pool->ntasks++;
+    return 0;
+}
+
+static struct task *table_find(const mproc_pool *pool, uint64_t id)
+{
+    if (!pool->table_size)
+        return NULL;
+    for (struct task *t = pool->table[bucket(pool, id)]; t; t = t->hash_next) {
+        if (t->id == id)
+            return t;
+    }
+    return NULL;
+}
+
+static void table_remove(mproc_pool *pool, struct task *t)
+{
+    struct task **link = &pool->table[bucket(pool, t->id)];
+    while (*link && *link != t)
+        link = &(*link)->hash_next;
+    if (*link)
+        *link = t->hash_next;
+    pool->ntasks--;
+}
+
+static void free_task(struct task *t)
+{
+    for (size_t i = 0; i < t->nfds; i++)
+        mproc__close(t->fds[i]);
+    free(t->fds);
+    free(t->msg);
+    free(t);
+}
+
+/* ---- talking to the fork server ---- */
+
+static void server_request(mproc_pool *pool, uint32_t op, int worker, int signo)
+{
+    struct server_request req = {.op = op, .worker = worker, .signo = signo};
+    if (worker >= 0)
+        req.generation = pool->ws[worker].generation;
+    /* A dead server is noticed by the housekeeping: nothing to do here. */
+    (void)send(pool->server_sock, &req, sizeof(req), MSG_NOSIGNAL);
+}
+
+static void request_spawn(mproc_pool *pool, int w)
+{
+    if (pool->ws[w].spawning || pool->ws[w].up)
+        return;
+    pool->ws[w].spawning = true;
+    server_request(pool, OP_SPAWN, w, 0);
+}
+
+/* ---- dispatch ---- */
+
+static size_t outstanding(const mproc_pool *pool)
+{
+    size_t n = pool->pending.count;
+    for (int w = 0; w < pool->workers; w++)
+        n += pool->ws[w].inflight.count;
+    return n;
+}
+
+static bool can_take(const mproc_pool *pool, int w)
+{
+    const struct worker_state *ws = &pool->ws[w];
+    if (!ws->up || ws->stop_sent || ws->inflight.count >= pool->window)
+        return false;
+    /* A worker about to retire must not be given tasks it will not run. */
+    unsigned max = pool->options.max_tasks_per_child;
+    return !max || ws->dispatched < max;
+}
+
+static int pick_worker(const mproc_pool *pool)
+{
+    int best = -1;
+    for (int w = 0; w < pool->workers; w++) {
+        if (can_take(pool, w) &&
+            (best < 0 || pool->ws[w].inflight.count < pool->ws[best].inflight.count))
+            best = w;
+    }
+    return best;
+}
+
+/* Sends t to worker w; false if its queue is full (t stays pending). */
+static bool send_task(mproc_pool *pool, struct task *t, int w)
+{
+    if (mproc_queue_put(pool->task_q[w], t->msg, t->msg_len, 0) != 0)
+        return false;
+    if (t->nfds) {
+        /* The worker matches descriptors to the task by this tag. */
+        (void)mproc__send_fds(pool->parent_socks[w], &t->id, sizeof(t->id), t->fds, t->nfds, 0);
+    }
+    t->worker = w;
+    list_push(&pool->ws[w].inflight, t, false);
+    pool->ws[w].dispatched++;
+    return true;
+}
+
+static void dispatch(mproc_pool *pool)
+{
+    while (pool->pending.head) {
+        int w = pick_worker(pool);
+        if (w < 0)
+            return;
+        struct task *t = pool->pending.head;
+        list_remove(&pool->pending, t);
+        if (!send_task(pool, t, w)) {
+            list_push(&pool->pending, t, true);
+            return;
+        }
+    }
+}
+
+/* When closed and every task is done, tell the workers to exit. */
+static void maybe_stop_workers(mproc_pool *pool)
+{
+    if (pool->state != POOL_CLOSED || outstanding(pool))
+        return;
+    struct pool_task_msg stop = {.kind = MSG_STOP};
+    for (int w = 0; w < pool->workers; w++) {
+        struct worker_state *ws = &pool->ws[w];
+        if (ws->up && !ws->stop_sent &&
+            mproc_queue_put(pool->task_q[w], &stop, sizeof(stop), 0) == 0)
+            ws->stop_sent = true;
+    }
+}
+
+/* ---- completing tasks ---- */
+
+/*
+ * Completed results whose callbacks must run: collected under the lock,
+ * run after it is released.
+ */
+struct done_list {
+    mproc_result **items;
+    size_t count;
+    size_t cap;
+};
+
+static void done_add(struct done_list *done, mproc_result *result)
+{
+    if (done->count == done->cap) {
+        size_t cap = done->cap ? done->cap * 2 : 64;
+        mproc_result **grown = realloc(done->items, cap * sizeof(mproc_result *));
+        if (!grown) {
+            /* No memory for the callback list: skip the callbacks, not the result. */
+            mproc__result_unref(result);
+            return;
+        }
+        done->items = grown;
+        done->cap = cap;
+    }
+    done->items[done->count++] = result;
+}
+
+/* Removes t from the pool's books and frees it. */
+static void retire_task(mproc_pool *pool, struct task *t)
+{
+    if (t->worker >= 0)
+        list_remove(&pool->ws[t->worker].inflight, t);
+    else
+        list_remove(&pool->pending, t);
+    table_remove(pool, t);
+    free_task(t);
+}
+
+static void finish_result_if_done(mproc_result *result, struct done_list *done)
+{
+    if (result->remaining == 0) {
+        mproc__result_complete(result);
+        done_add(done, result);
+    }
+}
+
+/* Fails every item of t with status and message. */
+static void fail_task(mproc_pool *pool, struct task *t, int status, const char *message,
+                      struct done_list *done)
+{
+    mproc_result *result = t->result;
+    mproc__result_fail_chunk(result, t->chunk, status, message);
+    retire_task(pool, t);
+    finish_result_if_done(result, done);
+}
+
+static void note_elapsed(mproc_pool *pool, uint64_t ns, size_t nitems)
+{
+    double per_task = (double)ns / (double)(nitems ? nitems : 1);
+    pool->avg_task_ns =
+        pool->avg_task_ns == 0 ? per_task : pool->avg_task_ns * 0.9 + per_task * 0.1;
+    double want = QUEUED_WORK_NS / (pool->avg_task_ns > 1 ? pool->avg_task_ns : 1);
+    pool->window = want < MIN_WINDOW ? MIN_WINDOW : want > MAX_WINDOW ? MAX_WINDOW : (size_t)want;
+}
+
+/* A task's result arrived: buf (a whole result message) becomes the result's. */
+static void handle_done(mproc_pool *pool, unsigned char *buf, size_t len, struct done_list *done)
+{
+    struct pool_res_msg msg;
+    memcpy(&msg, buf, sizeof(msg));
+    struct task *t = table_find(pool, msg.id);
+    if (!t || mproc__result_keep_buffer(t->result, buf) < 0) {
+        free(buf); /* cancelled, terminated, or no memory to keep it */
+        return;
+    }
+    note_elapsed(pool, msg.elapsed_ns, msg.kind == RES_CHUNK ? msg.nitems : 1);
+    mproc_result *result = t->result;
+    unsigned char *body = buf + sizeof(msg);
+    if (msg.kind == RES_DONE)
+        mproc__result_set_single(result, t->chunk, msg.status, body, len - sizeof(msg));
+    else
+        mproc__result_set_table(result, t->chunk, body,
+                                body + (size_t)msg.nitems * sizeof(struct pool_item_res));
+    retire_task(pool, t);
+    finish_result_if_done(result, done);
+}
+
+/* Why a worker ended, for the error message. */
+static void describe_death(char *out, size_t cap, pid_t pid, int wstatus, bool timed_out,
+                           int timeout_ms)
+{
+    if (timed_out) {
+        snprintf(out, cap, "task timed out after %d ms; its worker %d was killed", timeout_ms,
+                 (int)pid);
+    } else if (wstatus >= 0 && WIFSIGNALED(wstatus)) {
+        int sig = WTERMSIG(wstatus);
+        const char *name = sigdescr_np(sig);
+        snprintf(out, cap, "worker %d died: killed by signal %d (%s)", (int)pid, sig,
+                 name ? name : "unknown");
+    } else if (wstatus >= 0) {
+        snprintf(out, cap, "worker %d died: exited with status %d", (int)pid, WEXITSTATUS(wstatus));
+    } else {
+        snprintf(out, cap, "worker could not be started");
+    }
+}
+
+/* Puts t back at the front of the pending list, to run on another worker. */
+static void requeue(mproc_pool *pool, struct task *t)
+{
+    list_remove(&pool->ws[t->worker].inflight, t);
+    t->worker = -1;
+    list_push(&pool->pending, t, true);
+}
+
+/*
+ * A worker ended. The task it was running fails (or runs again once); the
+ * tasks queued on it never started, so they go back to pending, in order.
+ */
+static void handle_death(mproc_pool *pool, const struct pool_res_msg *msg, struct done_list *done)
+{
+    int w = msg->worker;
+    if (w < 0 || w >= pool->workers)
+        return;
+    struct worker_state *ws = &pool->ws[w];
+    ws->up = false;
+    ws->spawning = false;
+    uint64_t running = atomic_exchange(&pool->slots[w].current, 0);
+    /* Whatever is still in its queue never started: empty it, the records are here. */
+    size_t len;
+    void *stale;
+    while (mproc_queue_get(pool->task_q[w], &stale, &len, 0) == 0)
+        free(stale);
+    /* Oldest first at the front: walk the in-flight list backwards. */
+    for (struct task *t = ws->inflight.tail, *prev; t; t = prev) {
+        prev = t->prev;
+        if (t->id != running) {
+            requeue(pool, t);
+            continue;
+        }
+        bool retry = pool->options.retry_on_worker_death && !t->retried && !t->timed_out;
+        if (retry) {
+            t->retried = true;
+            requeue(pool, t);
+            continue;
+        }
+        char why[256];
+        describe_death(why, sizeof(why), msg->pid, msg->wstatus, t->timed_out,
+                       pool->options.task_timeout_ms);
+        fail_task(pool, t, t->timed_out ? -ETIMEDOUT : MPROC_EWORKERDIED, why, done);
+    }
+    ws->stop_sent = false;
+    bool work_left = outstanding(pool) > 0;
+    if (pool->state == POOL_RUNNING || (pool->state == POOL_CLOSED && work_left))
+        request_spawn(pool, w);
+}
+
+static void handle_up(mproc_pool *pool, const struct pool_res_msg *msg)
+{
+    int w = msg->worker;
+    if (w < 0 || w >= pool->workers)
+        return;
+    struct worker_state *ws = &pool->ws[w];
+    ws->up = true;
+    ws->spawning = false;
+    ws->stop_sent = false;
+    ws->pid = msg->pid;
+    ws->generation = atomic_load(&pool->slots[w].generation);
+    ws->dispatched = 0;
+    if (pool->state == POOL_TERMINATED || pool->state == POOL_BROKEN)
+        server_request(pool, OP_KILL, w, SIGKILL);
+}
+
+static void handle_message(mproc_pool *pool, void *buf, size_t len, struct done_list *done)
+{
+    struct pool_res_msg msg;
+    if (len < sizeof(msg)) {
+        free(buf);
+        return;
+    }
+    memcpy(&msg, buf, sizeof(msg));
+    switch (msg.kind) {
+    case RES_DONE:
+    case RES_CHUNK:
+        handle_done(pool, buf, len, done);
+        return;
+    case RES_WORKER_DIED:
+        handle_death(pool, &msg, done);
+        break;
+    case RES_WORKER_UP:
+        handle_up(pool, &msg);
+        break;
+    default:
+        break;
+    }
+    free(buf);
+}
+
+/* ---- housekeeping: timeouts, the fork server, joins ---- */
+
+static void check_timeouts(mproc_pool *pool)
+{
+    int limit = pool->options.task_timeout_ms;
+    if (limit <= 0)
+        return;
+    int64_t now = mproc__now_ms();
+    for (int w = 0; w < pool->workers; w++) {
+        uint64_t id = atomic_load(&pool->slots[w].current);
+        if (!id || !pool->ws[w].up || now - atomic_load(&pool->slots[w].started_ms) < limit)
+            continue;
+        struct task *t = table_find(pool, id);
+        if (!t || t->timed_out)
+            continue;
+        t->timed_out = true;
+        server_request(pool, OP_KILL, w, SIGKILL);
+    }
+}
+
+/* Fails every task not done with status; used by terminate and when the pool breaks. */
+static void fail_everything(mproc_pool *pool, int status, const char *why, struct done_list *done)
+{
+    while (pool->pending.head)
+        fail_task(pool, pool->pending.head, status, why, done);
+    for (int w = 0; w < pool->workers; w++) {
+        while (pool->ws[w].inflight.head)
+            fail_task(pool, pool->ws[w].inflight.head, status, why, done);
+    }
+}
+
+static void check_server(mproc_pool *pool, struct done_list *done)
+{
+    if (pool->server_pid <= 0 || pool->state == POOL_BROKEN)
+        return;
+    siginfo_t info;
+    memset(&info, 0, sizeof(info));
+    if (waitid(P_PID, (id_t)pool->server_pid, &info, WEXITED | WNOHANG) < 0 || info.si_pid == 0)
+        return;
+    pool->server_pid = 0;
+    pool->state = POOL_BROKEN;
+    pool->broken_reason = "the pool's fork server died";
+    fail_everything(pool, MPROC_EBROKEN, pool->broken_reason, done);
+    for (int w = 0; w < pool->workers; w++)
+        pool->ws[w].up = false;
+}
+
+static void update_all_down(mproc_pool *pool)
+{
+    bool down = pool->state != POOL_RUNNING;
+    for (int w = 0; w < pool->workers && down; w++)
+        down = !pool->ws[w].up && !pool->ws[w].spawning;
+    if (down && !atomic_exchange(&pool->all_down, 1))
+        mproc__futex_wake(&pool->all_down, INT32_MAX);
+}
+
+/* ---- the result thread ---- */
+
+static int next_wait_ms(const mproc_pool *pool)
+{
+    int limit = pool->options.task_timeout_ms;
+    if (limit > 0 && limit / 4 < HOUSEKEEPING_MS)
+        return limit / 4 > 0 ? limit / 4 : 1;
+    return HOUSEKEEPING_MS;
+}
+
+static void run_callbacks(mproc_pool *pool, struct done_list *done)
+{
+    for (size_t i = 0; i < done->count; i++) {
+        mproc_result *result = done->items[i];
+        mproc_result_callback cb = result->status == 0 ? result->callback : result->error_callback;
+        if (cb)
+            cb(result, result->callback_arg);
+        mproc__result_unref(result);
+    }
+    if (done->count) {
+        uint64_t one = 1;
+        (void)!write(pool->event_fd, &one, sizeof(one));
+    }
+    done->count = 0;
+}
+
+static void *result_thread(void *arg)
+{
+    mproc_pool *pool = arg;
+    struct done_list done = {0};
+    for (;;) {
+        void *buf = NULL;
+        size_t len = 0;
+        int rc = mproc_queue_get(pool->result_q, &buf, &len, next_wait_ms(pool));
+        pthread_mutex_lock(&pool->lock);
+        for (int n = 0; rc == 0 && n < RESULT_BATCH; n++) {
+            handle_message(pool, buf, len, &done);
+            rc = mproc_queue_get(pool->result_q, &buf, &len, 0);
+        }
+        if (rc == 0)
+            handle_message(pool, buf, len, &done);
+        check_timeouts(pool);
+        check_server(pool, &done);
+        dispatch(pool);
+        maybe_stop_workers(pool);
+        update_all_down(pool);
+        bool quit = pool->quit;
+        pthread_mutex_unlock(&pool->lock);
+        run_callbacks(pool, &done);
+        if (quit)
+            break;
+    }
+    free(done.items);
+    return NULL;
+}
+
+/* Nudges the result thread (it sleeps on the result queue). */
+static void wake_thread(mproc_pool *pool)
+{
+    struct pool_res_msg msg = {.kind = RES_WAKE};
+    (void)mproc_queue_put(pool->result_q, &msg, sizeof(msg), 1000);
+}
+
+/* ---- creation ---- */
+
+static int make_channels(mproc_pool *pool)
+{
+    int rc = mproc_queue_create(&pool->result_q, 0, 0);
+    for (int w = 0; w < pool->workers && rc == 0; w++) {
+        rc = mproc_queue_create(&pool->task_q[w], 0, 1 << 20);
+        int pair[2];
+        if (rc == 0 && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+            rc = -errno;
+        if (rc == 0) {
+            pool->parent_socks[w] = pair[0];
+            pool->worker_socks[w] = pair[1];
+        }
+    }
+    if (rc == 0)
+        rc = mproc__region_create(&pool->slots_region,
+                                  (size_t)pool->workers * sizeof(struct pool_slot), "mproc-pool");
+    if (rc == 0)
+        pool->slots = pool->slots_region.addr;
+    return rc;
+}
+
+/* Forks the fork server; it never returns in the child. */
+static int start_server(mproc_pool *pool)
+{
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+        return -errno;
+    struct pool_process_config config = {
+        .workers = pool->workers,
+        .task_q = pool->task_q,
+        .result_q = pool->result_q,
+        .slots = pool->slots,
+        .worker_socks = pool->worker_socks,
+        .server_sock = pair[1],
+        .initializer = pool->options.initializer,
+        .initializer_arg = pool->options.initializer_arg,
+        .max_tasks_per_child = pool->options.max_tasks_per_child,
+    };
+    (void)fflush(stdout);
+    (void)fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0) {
+        int parent_only[1] = {pair[0]};
+        mproc__pool_server_main(&config, parent_only, 1);
+    }
+    int err = errno;
+    mproc__close(pair[1]);
+    if (pid < 0) {
+        mproc__close(pair[0]);
+        return -err;
+    }
+    pool->server_pid = pid;
+    pool->server_sock = pair[0];
+    /* Only the fork server's lineage needs the workers' socket ends. */
+    for (int w = 0; w < pool->workers; w++) {
+        mproc__close(pool->worker_socks[w]);
+        pool->worker_socks[w] = -1;
+    }
+    return 0;
+}
+
+static void release_pool(mproc_pool *pool)
+{
+    for (int w = 0; w < pool->workers; w++) {
+        if (pool->task_q && pool->task_q[w])
+            mproc_queue_destroy(&pool->task_q[w]);
+        if (pool->parent_socks)
+            mproc__close(pool->parent_socks[w]);
+        if (pool->worker_socks)
+            mproc__close(pool->worker_socks[w]);
+    }
+    if (pool->result_q)
+        mproc_queue_destroy(&pool->result_q);
+    mproc__region_release(&pool->slots_region);
+    mproc__close(pool->server_sock);
+    mproc__close(pool->event_fd);
+    for (size_t i = 0; i < pool->table_size; i++) {
+        for (struct task *t = pool->table[i], *next; t; t = next) {
+            next = t->hash_next;
+            free_task(t);
+        }
+    }
+    free(pool->table);
+    free(pool->task_q);
+    free(pool->parent_socks);
+    free(pool->worker_socks);
+    free(pool->ws);
+    pthread_mutex_destroy(&pool->lock);
+    pool->magic = 0;
+    free(pool);
+}
+
+static int alloc_pool(mproc_pool **out, const mproc_pool_options *options)
+{
+    mproc_pool *pool = calloc(1, sizeof(*pool));
+    if (!pool)
+        return -ENOMEM;
+    if (options)
+        pool->options = *options;
+    int workers = pool->options.workers;
+    if (workers <= 0)
+        mproc_cpu_count(&workers);
+    pool->magic = POOL_MAGIC;
+    pool->owner = getpid();
+    pool->workers = workers;
+    pool->server_sock = -1;
+    pool->event_fd = -1;
+    pool->slots_region.fd = -1;
+    pool->window = MIN_WINDOW;
+    pool->next_id = 1;
+    pthread_mutex_init(&pool->lock, NULL);
+    pool->task_q = calloc((size_t)workers, sizeof(mproc_queue *));
+    pool->parent_socks = malloc((size_t)workers * sizeof(int));
+    pool->worker_socks = malloc((size_t)workers * sizeof(int));
+    pool->ws = calloc((size_t)workers, sizeof(*pool->ws));
+    if (!pool->task_q || !pool->parent_socks || !pool->worker_socks || !pool->ws) {
+        release_pool(pool);
+        return -ENOMEM;
+    }
+    for (int w = 0; w < workers; w++)
+        pool->parent_socks[w] = pool->worker_socks[w] = -1;
+    *out = pool;
+    return 0;
+}
+
+int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
+{
+    if (!out || (options &&
+                 (options->workers < 0 || options->workers > 4096 || options->task_timeout_ms < 0)))
+        return -EINVAL;
+    mproc_pool *pool;
+    int rc = alloc_pool(&pool, options);
+    if (rc < 0)
+        return rc;
+    rc = make_channels(pool);
+    if (rc == 0) {
+        pool->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        rc = pool->event_fd < 0 ? -errno : 0;
+    }
+    /* The fork server must be forked before the result thread exists. */
+    if (rc == 0)
+        rc = start_server(pool);
+    if (rc == 0) {
+        for (int w = 0; w < pool->workers; w++)
+            pool->ws[w].spawning = true;
+        /* Signals are for the program's threads: a Ctrl-C handler must interrupt them. */
+        sigset_t all, old;
+        sigfillset(&all);
+        pthread_sigmask(SIG_SETMASK, &all, &old);
+        rc = -pthread_create(&pool->thread, NULL, result_thread, pool);
+        pthread_sigmask(SIG_SETMASK, &old, NULL);
+        pool->thread_started = rc == 0;
+    }
+    if (rc < 0) {
+        if (pool->server_pid > 0) {
+            mproc__close(pool->server_sock);
+            pool->server_sock = -1;
+            waitpid(pool->server_pid, NULL, 0);
+        }
+        release_pool(pool);
+        return rc;
+    }
+    *out = pool;
+    return 0;
+}
+
+int mproc_pool_workers(const mproc_pool *pool)
+{
+    return valid(pool) ? pool->workers : -EINVAL;
+}
+
+/* ---- submission ---- */
+
+static int check_submit(const mproc_pool *pool)
+{
+    if (!valid(pool))
+        return -EINVAL;
+    if (pool->owner != getpid())
+        return -ECHILD;
+    return 0;
+}
+
+/* Builds a task record around a serialised message; takes msg. */
+static struct task *new_task(mproc_pool *pool, mproc_result *result, size_t chunk, size_t nitems,
+                             unsigned char *msg, size_t msg_len)
+{
+    struct task *t = calloc(1, sizeof(*t));
+    if (!t)
+        return NULL;
+    t->id = pool->next_id++;
+    t->result = result;
+    t->chunk = chunk;
+    t->nitems = nitems;
+    t->msg = msg;
+    t->msg_len = msg_len;
+    t->worker = -1;
+    struct pool_task_msg header;
+    memcpy(&header, msg, sizeof(header));
+    header.id = t->id;
+    memcpy(msg, &header, sizeof(header));
+    return t;
+}
+
+/* Queues t (lock held): it goes to a worker now if one has room. */
+static int submit_locked(mproc_pool *pool, struct task *t)
+{
+    if (pool->state != POOL_RUNNING)
+        return pool->state == POOL_BROKEN ? MPROC_EBROKEN : MPROC_ECLOSED;
+    int rc = table_add(pool, t);
+    if (rc < 0)
+        return rc;
+    list_push(&pool->pending, t, false);
+    dispatch(pool);
+    return 0;
+}
+
+static unsigned char *serialise_single(mproc_task_fn fn, const void *arg, size_t len, size_t nfds,
+                                       size_t *msg_len)
+{
+    struct pool_task_msg header = {
+        .fn = (uint64_t)(uintptr_t)fn, .kind = MSG_TASK, .nitems = 1, .nfds = (uint32_t)nfds};
+    *msg_len = sizeof(header) + len;
+    unsigned char *msg = malloc(*msg_len);
+    if (!msg)
+        return NULL;
+    memcpy(msg, &header, sizeof(header));
+    if (len)
+        memcpy(msg + sizeof(header), arg, len);
+    return msg;
+}
+
+/* Frees a result nobody has seen yet. */
+static void discard_result(mproc_result *result)
+{
+    if (!result)
+        return;
+    atomic_store(&result->refs, 1);
+    mproc__result_unref(result);
+}
+
+static int dup_fds(const int *fds, size_t nfds, int **out)
+{
+    *out = NULL;
+    if (!nfds)
+        return 0;
+    if (nfds > MPROC__MAX_FDS)
+        return -EINVAL;
+    int *copy = malloc(nfds * sizeof(int));
+    if (!copy)
+        return -ENOMEM;
+    for (size_t i = 0; i < nfds; i++) {
+        copy[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+        if (copy[i] < 0) {
+            int err = errno;
+            while (i--)
+                mproc__close(copy[i]);
+            free(copy);
+            return -err;
+        }
+    }
+    *out = copy;
+    return 0;
+}
+
+static int apply_common(mproc_pool *pool, mproc_task_fn fn, const void *arg, size_t len,
+                        const int *fds, size_t nfds, mproc_result_callback callback,
+                        mproc_result_callback error_callback, void *callback_arg,
+                        mproc_result **out)
+{
+    int rc = check_submit(pool);
+    if (rc < 0)
+        return rc;
+    if (!fn || (!arg && len) || (!fds && nfds))
+        return -EINVAL;
+    mproc_result *result = mproc__result_new(pool, 1, 1, false, out != NULL);
+    size_t msg_len;
+    unsigned char *msg = result ? serialise_single(fn, arg, len, nfds, &msg_len) : NULL;
+    int *copies = NULL;
+    rc = msg ? dup_fds(fds, nfds, &copies) : -ENOMEM;
+    if (rc < 0) {
+        free(msg);
+        discard_result(result);
+        return rc;
+    }
+    result->callback = callback;
+    result->error_callback = error_callback;
+    result->callback_arg = callback_arg;
+    pthread_mutex_lock(&pool->lock);
+    struct task *t = new_task(pool, result, 0, 1, msg, msg_len);
+    rc = t ? 0 : -ENOMEM;
+    if (t) {
+        t->fds = copies;
+        t->nfds = nfds;
+        rc = submit_locked(pool, t);
+        if (rc < 0)
+            free_task(t);
+    }
+    pthread_mutex_unlock(&pool->lock);
+    if (rc < 0) {
+        if (!t) {
+            free(msg);
+            for (size_t i = 0; copies && i < nfds; i++)
+                mproc__close(copies[i]);
+            free(copies);
+        }
+        discard_result(result);
+        return rc;
+    }
+    if (out)
+        *out = result;
+    return 0;
+}
+
+int mproc_pool_apply_async(mproc_pool *pool, mproc_task_fn fn, const void *arg, size_t len,
+                           mproc_result_callback callback, mproc_result_callback error_callback,
+                           void *callback_arg, mproc_result **result)
+{
+    return apply_common(pool, fn, arg, len, NULL, 0, callback, error_callback, callback_arg,
+                        result);
+}
+
+int mproc_pool_apply_async_fds(mproc_pool *pool, mproc_task_fn fn, const void *arg, size_t len,
+                               const int *fds, size_t nfds, mproc_result **result)
+{
+    return apply_common(pool, fn, arg, len, fds, nfds, NULL, NULL, NULL, result);
+}
+
+int mproc_pool_apply_async_named(mproc_pool *pool, const char *name, const void *arg, size_t len,
+                                 mproc_result **result)
+{
+    mproc_task_fn fn;
+    int rc = mproc_task_lookup(name, &fn);
+    if (rc < 0)
+        return rc;
+    return mproc_pool_apply_async(pool, fn, arg, len, NULL, NULL, NULL, result);
+}
+
+int mproc_pool_apply(mproc_pool *pool, mproc_task_fn fn, const void *arg, size_t len, void **out,
+                     size_t *out_len)
+{
+    mproc_result *result;
+    int rc = mproc_pool_apply_async(pool, fn, arg, len, NULL, NULL, NULL, &result);
+    if (rc < 0)
+        return rc;
+    const void *data;
+    size_t n;
+    rc = mproc_result_get(result, &data, &n, MPROC_WAIT_FOREVER);
+    if (rc == 0 && out) {
+        *out = malloc(n ? n : 1);
+        if (*out && n)
+            memcpy(*out, data, n);
+        rc = *out ? 0 : -ENOMEM;
+    }
+    if (rc == 0 && out_len)
+        *out_len = n;
+    mproc_result_destroy(&result);
+    return rc;
+}
+
+static unsigned char *serialise_chunk(mproc_task_fn fn, const struct iovec *items, size_t count,
+                                      size_t *msg_len)
+{
+    size_t bytes = sizeof(struct pool_task_msg) + count * sizeof(uint64_t);
+    for (size_t i = 0; i < count; i++)
+        bytes += items[i].iov_len;
+    unsigned char *msg = malloc(bytes);
+    if (!msg)
+        return NULL;
+    struct pool_task_msg header = {
+        .fn = (uint64_t)(uintptr_t)fn, .kind = MSG_CHUNK, .nitems = (uint32_t)count};
+    memcpy(msg, &header, sizeof(header));
+    unsigned char *lens = msg + sizeof(header);
+    unsigned char *data = lens + count * sizeof(uint64_t);
+    for (size_t i = 0; i < count; i++) {
+        uint64_t n = items[i].iov_len;
+        memcpy(lens + i * sizeof(n), &n, sizeof(n));
+        if (n)
+            memcpy(data, items[i].iov_base, n);
+        data += n;
+    }
+    *msg_len = bytes;
+    return msg;
+}
+
+/*
+ * Python's default is about four chunks per worker. Cap it too: a chunk of
+ * about 64 KiB of input (at most 4,096 items) streams through the queues
+ * without a message larger than the ring, and its buffers come back from
+ * malloc's free lists instead of fresh pages (a page fault each 4 KiB).
+ */
+static size_t default_chunksize(const mproc_pool *pool, const struct iovec *items, size_t count)
+{
+    size_t parts = (size_t)pool->workers * 4;
+    size_t chunk = (count + parts - 1) / parts;
+    size_t sample = count < 64 ? count : 64, bytes = 0;
+    for (size_t i = 0; i < sample; i++)
+        bytes += items[i].iov_len + sizeof(uint64_t);
+    size_t per_item = sample ? bytes / sample : 1;
+    size_t by_bytes = (64 * 1024) / (per_item ? per_item : 1);
+    if (by_bytes > 4096)
+        by_bytes = 4096;
+    if (chunk > by_bytes)
+        chunk = by_bytes;
+    return chunk ? chunk : 1;
+}
+
+int mproc_pool_map_async(mproc_pool *pool, mproc_task_fn fn, const struct iovec *items,
+                         size_t count, size_t chunksize, mproc_result **out)
+{
+    int rc = check_submit(pool);
+    if (rc < 0)
+        return rc;
+    if (!fn || !out || (!items && count))
+        return -EINVAL;
+    if (!chunksize)
+        chunksize = default_chunksize(pool, items, count);
+    if (chunksize > UINT32_MAX)
+        chunksize = UINT32_MAX;
+    mproc_result *result = mproc__result_new(pool, count, chunksize, true, true);
+    if (!result)
+        return -ENOMEM;
+    if (count == 0) {
+        mproc__result_complete(result);
+        mproc__result_unref(result);
+        *out = result;
+        return 0;
+    }
+    pthread_mutex_lock(&pool->lock);
+    size_t first = 0;
+    for (; first < count && rc == 0; first += chunksize) {
+        size_t n = count - first < chunksize ? count - first : chunksize;
+        size_t msg_len;
+        unsigned char *msg = serialise_chunk(fn, items + first, n, &msg_len);
+        struct task *t = msg ? new_task(pool, result, first / chunksize, n, msg, msg_len) : NULL;
+        if (!t) {
+            free(msg);
+            rc = -ENOMEM;
+            break;
+        }
+        rc = submit_locked(pool, t);
+        if (rc < 0) {
+            free_task(t);
+            break;
+        }
+    }
+    if (rc < 0) {
+        /* The items not submitted fail with the reason; the others complete as they run. */
+        char why[128];
+        snprintf(why, sizeof(why), "map could not be submitted: %s", mproc_strerror(rc));
+        for (size_t c = first / chunksize; c < result->nchunks; c++)
+            mproc__result_fail_chunk(result, c, rc, why);
+        if (result->remaining == 0) {
+            mproc__result_complete(result);
+            mproc__result_unref(result); /* the pool's reference: no task holds it */
+        }
+    }
+    pthread_mutex_unlock(&pool->lock);
+    *out = result;
+    return 0;
+}
+
+int mproc_pool_map(mproc_pool *pool, mproc_task_fn fn, const struct iovec *items, size_t count,
+                   size_t chunksize, mproc_result **result)
+{
+    int rc = mproc_pool_map_async(pool, fn, items, count, chunksize, result);
+    if (rc < 0)
+        return rc;
+    return mproc_result_get(*result, NULL, NULL, MPROC_WAIT_FOREVER);
+}
+
+/* ---- cancel ---- */
+
+int mproc__pool_cancel(mproc_pool *pool, mproc_result *result)
+{
+    if (!valid(pool))
+        return -EBUSY;
+    struct done_list done = {0};
+    int rc = 0;
+    pthread_mutex_lock(&pool->lock);
+    /* Only if none of its tasks has gone to a worker. */
+    for (int w = 0; w < pool->workers && rc == 0; w++) {
+        for (struct task *t = pool->ws[w].inflight.head; t && rc == 0; t = t->next)
+            rc = t->result == result ? -EBUSY : 0;
+    }
+    bool found = false;
+    for (struct task *t = pool->pending.head, *next; t && rc == 0; t = next) {
+        next = t->next;
+        if (t->result == result) {
+            found = true;
+            fail_task(pool, t, MPROC_ECANCELLED, "task was cancelled", &done);
+        }
+    }
+    pthread_mutex_unlock(&pool->lock);
+    if (rc == 0 && !found)
+        rc = -EBUSY;
+    run_callbacks(pool, &done);
+    free(done.items);
+    return rc;
+}
+
+/* ---- shutting down ---- */
+
+int mproc_pool_close(mproc_pool *pool)
+{
+    int rc = check_submit(pool);
+    if (rc < 0)
+        return rc;
+    pthread_mutex_lock(&pool->lock);
+    if (pool->state == POOL_RUNNING)
+        pool->state = POOL_CLOSED;
+    pthread_mutex_unlock(&pool->lock);
+    wake_thread(pool);
+    return 0;
+}
+
+int mproc_pool_join(mproc_pool *pool, int timeout_ms)
+{
+    int rc = check_submit(pool);
+    if (rc < 0)
+        return rc;
+    if (pool->state == POOL_RUNNING)
+        return -EINVAL;
+    int64_t deadline = mproc__deadline(timeout_ms);
+    while (!atomic_load(&pool->all_down)) {
+        if (timeout_ms == 0)
+            return -ETIMEDOUT;
+        rc = mproc__futex_wait(&pool->all_down, 0, deadline);
+        if (rc == -EINTR || rc == -ETIMEDOUT)
+            return atomic_load(&pool->all_down) ? 0 : rc;
+    }
+    return 0;
+}
+
+int mproc_pool_terminate(mproc_pool *pool)
+{
+    int rc = check_submit(pool);
+    if (rc < 0)
+        return rc;
+    struct done_list done = {0};
+    pthread_mutex_lock(&pool->lock);
+    if (pool->state == POOL_RUNNING || pool->state == POOL_CLOSED) {
+        pool->state = POOL_TERMINATED;
+        fail_everything(pool, MPROC_EBROKEN, "the pool was terminated", &done);
+        server_request(pool, OP_TERMINATE, -1, 0);
+    }
+    pthread_mutex_unlock(&pool->lock);
+    run_callbacks(pool, &done);
+    free(done.items);
+    wake_thread(pool);
+    return 0;
+}
+
+int mproc_pool_destroy(mproc_pool **poolp)
+{
+    if (!poolp || !valid(*poolp))
+        return -EINVAL;
+    mproc_pool *pool = *poolp;
+    if (pool->owner != getpid())
+        return -ECHILD;
+    if (pool->state == POOL_RUNNING ||
+        (pool->state == POOL_CLOSED && !atomic_load(&pool->all_down)))
+        mproc_pool_terminate(pool);
+    pthread_mutex_lock(&pool->lock);
+    pool->quit = true;
+    pthread_mutex_unlock(&pool->lock);
+    wake_thread(pool);
+    if (pool->thread_started)
+        pthread_join(pool->thread, NULL);
+    /* Closing our end tells the fork server to kill what is left and exit. */
+    mproc__close(pool->server_sock);
+    pool->server_sock = -1;
+    if (pool->server_pid > 0) {
+        while (waitpid(pool->server_pid, NULL, 0) < 0 && errno == EINTR) {
+        }
+    }
+    release_pool(pool);
+    *poolp = NULL;
+    return 0;
+}
+
+int mproc_pool_fd(const mproc_pool *pool, int *fd)
+{
+    if (!valid(pool) || !fd)
+        return -EINVAL;
+    *fd = pool->event_fd;
+    return 0;
+}
+
+int mproc_pool_drain_ready(mproc_pool *pool)
+{
+    if (!valid(pool))
+        return -EINVAL;
+    uint64_t count;
+    (void)!read(pool->event_fd, &count, sizeof(count));
+    return 0;
+}
+
+/* ---- imap: lazily fed, bounded ---- */
+
+/*
+ * The iterator keeps a FIFO of chunk results, each an internal map result of
+ * up to `chunk` items. It pulls items from the source only while fewer than
+ * `window` items are in flight, so memory stays bounded by the window
+ * whatever the length of the input.
+ */
+struct imap_chunk {
+    mproc_result *result;
+    size_t first_index; /* position of its first item in the input */
+    size_t next;        /* next item of it to hand out */
+    struct imap_chunk *next_chunk;
+};
+
+struct mproc_imap {
+    uint32_t magic;
+    mproc_pool *pool;
+    mproc_task_fn fn;
+    mproc_item_source source;
+    void *source_arg;
+    size_t chunk;
+    size_t window;
+    bool ordered;
+    bool source_done;
+    int source_error;
+    size_t in_flight; /* items pulled and not yet handed out */
+    size_t pulled;
+    struct imap_chunk *head, *tail;
+    struct imap_chunk *current; /* the chunk items are being handed out from */
+};
+
+#define IMAP_MAGIC 0x6d70696du /* "mpim" */
+
+int mproc_pool_imap(mproc_pool *pool, mproc_task_fn fn, mproc_item_source source, void *source_arg,
+                    size_t chunksize, size_t window, bool ordered, mproc_imap **out)
+{
+    int rc = check_submit(pool);
+    if (rc < 0)
+        return rc;
+    if (!fn || !source || !out)
+        return -EINVAL;
+    mproc_imap *it = calloc(1, sizeof(*it));
+    if (!it)
+        return -ENOMEM;
+    it->magic = IMAP_MAGIC;
+    it->pool = pool;
+    it->fn = fn;
+    it->source = source;
+    it->source_arg = source_arg;
+    it->chunk = chunksize ? chunksize : 1;
+    it->window = window ? window : (size_t)pool->workers * 4 * it->chunk;
+    if (it->window < it->chunk)
+        it->window = it->chunk;
+    it->ordered = ordered;
+    *out = it;
+    return 0;
+}
+
+/* Pulls one chunk of items from the source and submits it; 0 when nothing was left. */
+static int imap_submit_chunk(mproc_imap *it)
+{
+    struct iovec *items = calloc(it->chunk, sizeof(*items));
+    void **copies = calloc(it->chunk, sizeof(*copies));
+    int rc = items && copies ? 0 : -ENOMEM;
+    size_t n = 0;
+    while (rc == 0 && n < it->chunk) {
+        const void *item;
+        size_t len;
+        int got = it->source(it->source_arg, &item, &len);
+        if (got <= 0) {
+            it->source_done = true;
+            it->source_error = got;
+            break;
+        }
+        /* The source's item is valid only until its next call: copy it. */
+        copies[n] = malloc(len ? len : 1);
+        if (!copies[n]) {
+            rc = -ENOMEM;
+            break;
+        }
+        if (len)
+            memcpy(copies[n], item, len);
+        items[n] = (struct iovec){.iov_base = copies[n], .iov_len = len};
+        n++;
+    }
+    struct imap_chunk *chunk = NULL;
+    if (rc == 0 && n > 0) {
+        chunk = calloc(1, sizeof(*chunk));
+        rc = chunk ? mproc_pool_map_async(it->pool, it->fn, items, n, n, &chunk->result) : -ENOMEM;
+    }
+    for (size_t i = 0; copies && i < n; i++)
+        free(copies[i]);
+    free(copies);
+    free(items);
+    if (rc < 0) {
+        free(chunk);
+        return rc;
+    }
+    if (!chunk)
+        return 0;
+    chunk->first_index = it->pulled;
+    it->pulled += n;
+    it->in_flight += n;
+    if (it->tail)
+        it->tail->next_chunk = chunk;
+    else
+        it->head = chunk;
+    it->tail = chunk;
+    return 1;
+}
+
+static int imap_refill(mproc_imap *it)
+{
+    while (!it->source_done && it->in_flight + it->chunk <= it->window) {
+        int rc = imap_submit_chunk(it);
+        if (rc <= 0)
+            return rc;
+    }
+    return 0;
+}
+
+static void imap_drop(mproc_imap *it, struct imap_chunk *chunk)
+{
+    struct imap_chunk **link = &it->head;
+    while (*link != chunk)
+        link = &(*link)->next_chunk;
+    *link = chunk->next_chunk;
+    if (it->tail == chunk) {
+        it->tail = NULL;
+        for (struct imap_chunk *c = it->head; c; c = c->next_chunk)
+            it->tail = c;
+    }
+    mproc_result_destroy(&chunk->result);
+    free(chunk);
+}
+
+/* The chunk to hand items out from next: the oldest, or any ready one. */
+static int imap_pick(mproc_imap *it, int timeout_ms, struct imap_chunk **out)
+{
+    if (it->ordered) {
+        int rc = mproc_result_wait(it->head->result, timeout_ms);
+        if (rc < 0)
+            return rc == -EAGAIN ? -ETIMEDOUT : rc;
+        *out = it->head;
+        return 0;
+    }
+    size_t n = 0;
+    for (struct imap_chunk *c = it->head; c; c = c->next_chunk)
+        n++;
+    mproc_result **results = malloc(n * sizeof(mproc_result *));
+    if (!results)
+        return -ENOMEM;
+    size_t i = 0;
+    for (struct imap_chunk *c = it->head; c; c = c->next_chunk)
+        results[i++] = c->result;
+    size_t ready;
+    int rc = mproc_result_wait_many(results, n, false, &ready, timeout_ms);
+    free(results);
+    if (rc < 0)
+        return rc == -EAGAIN ? -ETIMEDOUT : rc;
+    for (struct imap_chunk *c = it->head; c; c = c->next_chunk) {
+        if (mproc_result_ready(c->result)) {
+            *out = c;
+            return 0;
+        }
+    }
+    return -ETIMEDOUT;
+}
+
+int mproc_imap_next(mproc_imap *it, const void **data, size_t *len, size_t *index, int timeout_ms)
+{
+    if (!it || it->magic != IMAP_MAGIC)
+        return -EINVAL;
+    /* Finished with the current chunk: free it and its window share. */
+    if (it->current && it->current->next >= mproc_result_count(it->current->result)) {
+        imap_drop(it, it->current);
+        it->current = NULL;
+    }
+    int rc = imap_refill(it);
+    if (rc < 0)
+        return rc;
+    if (!it->current) {
+        if (!it->head)
+            return it->source_error < 0 ? it->source_error : MPROC_ECLOSED;
+        rc = imap_pick(it, timeout_ms, &it->current);
+        if (rc < 0)
+            return rc;
+    }
+    struct imap_chunk *chunk = it->current;
+    size_t i = chunk->next++;
+    it->in_flight--;
+    if (index)
+        *index = chunk->first_index + i;
+    return mproc_result_item(chunk->result, i, data, len);
+}
+
+int mproc_imap_destroy(mproc_imap **itp)
+{
+    if (!itp || !*itp || (*itp)->magic != IMAP_MAGIC)
+        return -EINVAL;
+    mproc_imap *it = *itp;
+    while (it->head)
+        imap_drop(it, it->head);
+    it->magic = 0;
+    free(it);
+    *itp = NULL;
+    return 0;
+}
