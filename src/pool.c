@@ -72,7 +72,7 @@ struct callback_job {
 
 struct mproc_pool {
     uint32_t magic;
-    pid_t owner;
+    unsigned owner_generation; /* mproc__fork_generation() of the creating process */
     int workers;
     mproc_pool_options options;
     mproc_queue *result_q;
@@ -727,7 +727,7 @@ static int alloc_pool(mproc_pool **out, const mproc_pool_options *options)
     if (workers <= 0)
         mproc_cpu_count(&workers);
     pool->magic = POOL_MAGIC;
-    pool->owner = getpid();
+    pool->owner_generation = mproc__fork_generation();
     pool->workers = workers;
     pool->server_sock = -1;
     pool->event_fd = -1;
@@ -797,11 +797,13 @@ int mproc_pool_workers(const mproc_pool *pool)
 
 /* ---- submission ---- */
 
+/* Only the creating process may use the pool (no getpid() per task: a fork changes the generation).
+ */
 static int check_submit(const mproc_pool *pool)
 {
     if (!valid(pool))
         return -EINVAL;
-    if (pool->owner != getpid())
+    if (pool->owner_generation != mproc__fork_generation())
         return -ECHILD;
     return 0;
 }
@@ -1181,7 +1183,7 @@ int mproc_pool_destroy(mproc_pool **poolp)
     if (!poolp || !valid(*poolp))
         return -EINVAL;
     mproc_pool *pool = *poolp;
-    if (pool->owner != getpid())
+    if (check_submit(pool) < 0)
         return -ECHILD;
     if (pool->state == POOL_RUNNING ||
         (pool->state == POOL_CLOSED && !atomic_load(&pool->all_down)))

@@ -155,8 +155,9 @@ struct result_chunk {
 
 struct mproc_result {
     uint32_t magic;
-    _Atomic uint32_t ready; /* 0 until complete; a futex word */
-    _Atomic int refs;       /* the owner's and the pool's, until the callbacks ran */
+    _Atomic uint32_t ready;   /* 0 until complete; a futex word */
+    _Atomic uint32_t waiting; /* someone may sleep on ready: wake them */
+    _Atomic int refs;         /* the owner's and the pool's, until the callbacks ran */
     _Atomic(mproc_pool *) pool;
     int status;
     const char *error;

@@ -159,8 +159,10 @@ static int first_failure(mproc_result *result, const char **error)
 void mproc__result_complete(mproc_result *result)
 {
     result->status = first_failure(result, &result->error);
-    atomic_store_explicit(&result->ready, 1, memory_order_release);
-    mproc__futex_wake(&result->ready, INT32_MAX);
+    /* Store then load, against the waiter's flag then check (Dekker): no lost wake-up. */
+    atomic_store(&result->ready, 1);
+    if (atomic_load(&result->waiting))
+        mproc__futex_wake(&result->ready, INT32_MAX);
     atomic_fetch_add(&completions, 1);
     if (atomic_load(&completions_waiting))
         mproc__futex_wake(&completions, INT32_MAX);
@@ -191,6 +193,9 @@ static int wait_ready(mproc_result *result, int timeout_ms)
     while (!atomic_load_explicit(&result->ready, memory_order_acquire)) {
         if (timeout_ms == 0)
             return -EAGAIN;
+        atomic_store(&result->waiting, 1);
+        if (atomic_load(&result->ready))
+            break;
         int rc = mproc__futex_wait(&result->ready, 0, deadline);
         if (rc == -ETIMEDOUT)
             return atomic_load(&result->ready) ? 0 : -EAGAIN;
