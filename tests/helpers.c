@@ -2,6 +2,7 @@
 #define _GNU_SOURCE
 #include "helpers.h"
 
+#include <criterion/criterion.h>
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,4 +99,30 @@ bool test_wait_pid_dead(pid_t pid, int timeout_ms)
             return false;
         usleep(5000);
     }
+}
+
+mproc_process *test_start(mproc_target_fn target, void *arg)
+{
+    mproc_process *proc = NULL;
+    int rc = mproc_process_create(&proc, target, arg);
+    cr_assert_eq(rc, 0, "create: %s", mproc_strerror(rc));
+    rc = mproc_process_start(proc);
+    cr_assert_eq(rc, 0, "start: %s", mproc_strerror(rc));
+    return proc;
+}
+
+int test_join_code(mproc_process *proc)
+{
+    int rc = mproc_process_join(proc, 60000);
+    cr_assert_eq(rc, 0, "join: %s", mproc_strerror(rc));
+    int code;
+    cr_assert_eq(mproc_process_exitcode(proc, &code), 0);
+    cr_assert_eq(mproc_process_destroy(&proc), 0);
+    return code;
+}
+
+void test_join_expect(mproc_process *proc, int expected)
+{
+    int code = test_join_code(proc);
+    cr_assert_eq(code, expected, "exit code %d, expected %d", code, expected);
 }

@@ -5,9 +5,20 @@
 #ifndef MPROC_TEST_HELPERS_H
 #define MPROC_TEST_HELPERS_H
 
+#include <mproc.h>
+
 #include <stdbool.h>
 #include <stdint.h>
 #include <sys/types.h>
+
+/* Creates and starts a child running target(arg); fails the test if it cannot. */
+mproc_process *test_start(mproc_target_fn target, void *arg);
+
+/* Joins (60 s at most), destroys, and returns the child's exit code. */
+int test_join_code(mproc_process *proc);
+
+/* Joins, checks the exit code, destroys; fails the test otherwise. */
+void test_join_expect(mproc_process *proc, int expected);
 
 /* Number of open descriptors of the calling process (/proc/self/fd). */
 int test_count_fds(void);

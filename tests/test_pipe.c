@@ -44,26 +44,6 @@ static struct ends make_pipe(bool duplex)
     return e;
 }
 
-static mproc_process *start(mproc_target_fn target, void *arg)
-{
-    mproc_process *proc = NULL;
-    int rc = mproc_process_create(&proc, target, arg);
-    cr_assert_eq(rc, 0, "create: %s", mproc_strerror(rc));
-    rc = mproc_process_start(proc);
-    cr_assert_eq(rc, 0, "start: %s", mproc_strerror(rc));
-    return proc;
-}
-
-static void join_expect(mproc_process *proc, int expected)
-{
-    int rc = mproc_process_join(proc, 60000);
-    cr_assert_eq(rc, 0, "join: %s", mproc_strerror(rc));
-    int code;
-    cr_assert_eq(mproc_process_exitcode(proc, &code), 0);
-    cr_assert_eq(code, expected, "child exit code %d, expected %d", code, expected);
-    cr_assert_eq(mproc_process_destroy(&proc), 0);
-}
-
 /* A byte that depends on its position, so that lost, repeated or shifted bytes show. */
 static unsigned char pattern(uint64_t i)
 {
@@ -180,7 +160,7 @@ static void check_echo(mproc_conn *conn, const void *msg, size_t len)
 Test(pipe, round_trip_duplex, .timeout = 20)
 {
     struct ends e = make_pipe(true);
-    mproc_process *child = start(echo_child, &e);
+    mproc_process *child = test_start(echo_child, &e);
     cr_assert_eq(mproc_conn_destroy(&e.b), 0);
 
     check_echo(e.a, "hello", 5);
@@ -191,7 +171,7 @@ Test(pipe, round_trip_duplex, .timeout = 20)
     check_echo(e.a, msg, big);
     free(msg);
     check_echo(e.a, "quit", 4);
-    join_expect(child, 0);
+    test_join_expect(child, 0);
 
     /* The child has exited, so its end is closed everywhere. */
     void *buf;
@@ -228,7 +208,7 @@ static int one_way_echo_child(void *arg)
 Test(pipe, round_trip_one_way, .timeout = 20)
 {
     struct two_way t = {make_pipe(false), make_pipe(false)};
-    mproc_process *child = start(one_way_echo_child, &t);
+    mproc_process *child = test_start(one_way_echo_child, &t);
     mproc_conn_destroy(&t.down.a);
     mproc_conn_destroy(&t.up.b);
 
@@ -243,7 +223,7 @@ Test(pipe, round_trip_one_way, .timeout = 20)
         cr_assert_eq(got, len);
         cr_assert(memcmp(buf, msgs[i], len) == 0);
     }
-    join_expect(child, 0);
+    test_join_expect(child, 0);
     size_t got;
     char c;
     cr_assert_eq(mproc_conn_recv_into(t.up.a, &c, 1, &got, 5000), -EPIPE);
@@ -278,7 +258,7 @@ static int send_many_child(void *arg)
 static void many_messages_in_order(bool duplex)
 {
     struct ends e = make_pipe(duplex);
-    mproc_process *child = start(send_many_child, &e);
+    mproc_process *child = test_start(send_many_child, &e);
     mproc_conn_destroy(&e.b);
     unsigned char buf[512];
     for (uint32_t seq = 0; seq < MANY; seq++) {
@@ -292,7 +272,7 @@ static void many_messages_in_order(bool duplex)
         for (size_t i = sizeof(seq); i < len; i++)
             cr_assert_eq(buf[i], seq & 0xff);
     }
-    join_expect(child, 0);
+    test_join_expect(child, 0);
     size_t len;
     cr_assert_eq(mproc_conn_recv_into(e.a, buf, sizeof(buf), &len, 5000), -EPIPE);
     mproc_conn_destroy(&e.a);
@@ -326,7 +306,7 @@ static int send_large_child(void *arg)
 static void large_message(bool duplex)
 {
     struct ends e = make_pipe(duplex);
-    mproc_process *child = start(send_large_child, &e);
+    mproc_process *child = test_start(send_large_child, &e);
     mproc_conn_destroy(&e.b);
     void *buf;
     size_t len;
@@ -336,7 +316,7 @@ static void large_message(bool duplex)
     size_t bad = first_mismatch(buf, len);
     cr_assert_eq(bad, len, "byte %zu differs", bad);
     free(buf);
-    join_expect(child, 0);
+    test_join_expect(child, 0);
     mproc_conn_destroy(&e.a);
 }
 
@@ -405,7 +385,7 @@ Test(pipe, message_over_4gib, .timeout = 120)
         cr_skip_test("needs 8 GiB of available memory");
     struct ends e = make_pipe(true);
     int64_t t0 = test_now_ms();
-    mproc_process *child = start(send_huge_child, &e);
+    mproc_process *child = test_start(send_huge_child, &e);
     mproc_conn_destroy(&e.b);
     /* Ask the size first, as with Python's BufferTooShort, then receive in place. */
     size_t len = 0;
@@ -433,7 +413,7 @@ Test(pipe, message_over_4gib, .timeout = 120)
     cr_assert_eq(mproc_conn_recv_into(e.a, after, sizeof(after), &len, 10000), 0);
     cr_assert_eq(len, 5);
     cr_assert(memcmp(after, "after", 5) == 0);
-    join_expect(child, 0);
+    test_join_expect(child, 0);
     mproc_conn_destroy(&e.a);
     cr_log_info("4 GiB+ message in %lld ms", (long long)(test_now_ms() - t0));
 }
@@ -497,7 +477,7 @@ Test(pipe, recv_into_too_small_keeps_the_message, .timeout = 10)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         struct sender s = {make_pipe(duplex), {"0123456789", "next", "third one"}, 3};
-        mproc_process *child = start(send_list_child, &s);
+        mproc_process *child = test_start(send_list_child, &s);
         mproc_conn_destroy(&s.e.b);
         char buf[64];
         size_t len = 0;
@@ -523,7 +503,7 @@ Test(pipe, recv_into_too_small_keeps_the_message, .timeout = 10)
         cr_assert_eq(mproc_conn_recv_into(s.e.a, buf, sizeof(buf), &len, 5000), 0);
         cr_assert_eq(len, 9);
         cr_assert(memcmp(buf, "third one", 9) == 0);
-        join_expect(child, 0);
+        test_join_expect(child, 0);
         mproc_conn_destroy(&s.e.a);
     }
 }
@@ -575,7 +555,7 @@ static int delayed_send_child(void *arg)
 Test(pipe, poll_wakes_when_a_message_comes, .timeout = 10)
 {
     struct ends e = make_pipe(false);
-    mproc_process *child = start(delayed_send_child, &e);
+    mproc_process *child = test_start(delayed_send_child, &e);
     mproc_conn_destroy(&e.b);
     bool ready = false;
     int64_t t0 = test_now_ms();
@@ -586,7 +566,7 @@ Test(pipe, poll_wakes_when_a_message_comes, .timeout = 10)
     size_t len;
     cr_assert_eq(mproc_conn_recv_into(e.a, buf, sizeof(buf), &len, 0), 0);
     cr_assert_eq(len, 4);
-    join_expect(child, 0);
+    test_join_expect(child, 0);
     /* The writer is gone: poll is ready, and recv says why. */
     cr_assert_eq(mproc_conn_poll(e.a, 5000, &ready), 0);
     cr_assert(ready);
@@ -684,7 +664,7 @@ Test(pipe, signal_does_not_cut_a_message_short, .timeout = 20)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         struct ends e = make_pipe(duplex);
-        mproc_process *child = start(slow_reader_child, &e);
+        mproc_process *child = test_start(slow_reader_child, &e);
         mproc_conn_destroy(&e.a);
         unsigned char *msg = malloc(SLOW_LEN);
         fill(msg, SLOW_LEN);
@@ -692,7 +672,7 @@ Test(pipe, signal_does_not_cut_a_message_short, .timeout = 20)
         cr_assert_eq(mproc_conn_send(e.b, msg, SLOW_LEN), 0);
         cr_assert(handler_ran, "the signal came while the message was half sent");
         free(msg);
-        join_expect(child, 0);
+        test_join_expect(child, 0);
         mproc_conn_destroy(&e.b);
     }
 }
@@ -735,7 +715,7 @@ Test(pipe, half_received_message_survives_timeout_and_signal, .timeout = 20)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         struct halves h = {make_pipe(duplex), make_pipe(false)};
-        mproc_process *child = start(halves_child, &h);
+        mproc_process *child = test_start(halves_child, &h);
         mproc_conn_destroy(&h.e.b);
         mproc_conn_destroy(&h.go.a);
         unsigned char *buf = malloc(HALF_LEN);
@@ -771,7 +751,7 @@ Test(pipe, half_received_message_survives_timeout_and_signal, .timeout = 20)
 
         free(buf);
         free(other);
-        join_expect(child, 0);
+        test_join_expect(child, 0);
         mproc_conn_destroy(&h.e.a);
         mproc_conn_destroy(&h.go.b);
     }
@@ -795,8 +775,8 @@ Test(pipe, peer_closed_gives_epipe_and_no_sigpipe, .timeout = 10)
     for (int duplex = 0; duplex < 2; duplex++) {
         /* Duplex: both directions. One-way: the parent sends to a dead reader. */
         struct ends e = make_pipe(duplex);
-        mproc_process *child = start(close_and_exit_child, &e);
-        join_expect(child, 0);
+        mproc_process *child = test_start(close_and_exit_child, &e);
+        test_join_expect(child, 0);
         mproc_conn_destroy(duplex ? &e.b : &e.a);
         mproc_conn *mine = duplex ? e.a : e.b;
         for (int i = 0; i < 3; i++)
@@ -866,12 +846,12 @@ Test(pipe, peer_killed_mid_message_gives_epipe, .timeout = 20)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         struct ends e = make_pipe(duplex);
-        mproc_process *child = start(stuck_sender_child, &e);
+        mproc_process *child = test_start(stuck_sender_child, &e);
         mproc_conn_destroy(&e.b);
         /* The child is blocked in send() with part of the message in the kernel. */
         usleep(200 * 1000);
         cr_assert_eq(mproc_process_kill(child), 0);
-        join_expect(child, -SIGKILL);
+        test_join_expect(child, -SIGKILL);
         void *p;
         size_t len;
         int64_t t0 = test_now_ms();
@@ -903,12 +883,12 @@ Test(pipe, blocked_reader_sees_writer_die_mid_frame, .timeout = 20)
 {
     for (int duplex = 0; duplex < 2; duplex++) {
         struct ends e = make_pipe(duplex);
-        mproc_process *child = start(die_mid_frame_child, &e);
+        mproc_process *child = test_start(die_mid_frame_child, &e);
         mproc_conn_destroy(&e.b);
         char buf[2000];
         size_t len;
         cr_assert_eq(mproc_conn_recv_into(e.a, buf, sizeof(buf), &len, MPROC_WAIT_FOREVER), -EPIPE);
-        join_expect(child, -SIGKILL);
+        test_join_expect(child, -SIGKILL);
         mproc_conn_destroy(&e.a);
     }
 }
@@ -928,13 +908,13 @@ Test(pipe, blocked_sender_sees_reader_die, .timeout = 20)
     signal(SIGPIPE, SIG_DFL);
     for (int duplex = 0; duplex < 2; duplex++) {
         struct ends e = make_pipe(duplex);
-        mproc_process *child = start(die_without_reading_child, &e);
+        mproc_process *child = test_start(die_without_reading_child, &e);
         mproc_conn_destroy(&e.a);
         unsigned char *msg = calloc(1, STUCK_LEN);
         cr_assert_eq(mproc_conn_send(e.b, msg, STUCK_LEN), -EPIPE);
         free(msg);
         cr_assert_not(sigpipe_pending());
-        join_expect(child, -SIGKILL);
+        test_join_expect(child, -SIGKILL);
         mproc_conn_destroy(&e.b);
     }
 }
@@ -975,12 +955,12 @@ Test(pipe, descriptors_reach_a_child, .timeout = 10)
     cr_assert_eq(pipe2(p, O_CLOEXEC), 0);
     int memfd = memfd_create("pipe-test", MFD_CLOEXEC);
     cr_assert_geq(memfd, 0);
-    mproc_process *child = start(use_fds_child, &e);
+    mproc_process *child = test_start(use_fds_child, &e);
     mproc_conn_destroy(&e.b);
     int fds[2] = {p[1], memfd};
     cr_assert_eq(mproc_conn_send_fds(e.a, "take them", 9, fds, 2), 0);
     close(p[1]); /* the child got its own copy */
-    join_expect(child, 0);
+    test_join_expect(child, 0);
     char buf[32] = {0};
     cr_assert_eq(read(p[0], buf, sizeof(buf)), 16);
     cr_assert_str_eq(buf, "through the pipe");
@@ -1163,8 +1143,8 @@ Test(pipe, a_forked_copy_is_usable_while_the_parent_is_inside_a_call, .timeout =
     pthread_t thread;
     cr_assert_eq(pthread_create(&thread, NULL, blocked_receiver, e.a), 0);
     usleep(100 * 1000);
-    mproc_process *child = start(poll_copy_child, e.a);
-    join_expect(child, 0);
+    mproc_process *child = test_start(poll_copy_child, e.a);
+    test_join_expect(child, 0);
     cr_assert_eq(mproc_conn_send(e.b, "wake", 4), 0);
     void *rc;
     pthread_join(thread, &rc);

@@ -54,72 +54,51 @@ static int crash(void *arg)
     return 0;
 }
 
-static mproc_process *start(mproc_target_fn target, void *arg)
-{
-    mproc_process *proc = NULL;
-    int rc = mproc_process_create(&proc, target, arg);
-    cr_assert_eq(rc, 0, "create: %s", mproc_strerror(rc));
-    rc = mproc_process_start(proc);
-    cr_assert_eq(rc, 0, "start: %s", mproc_strerror(rc));
-    return proc;
-}
-
-/* Joins, checks the exit code, destroys. */
-static void join_expect(mproc_process *proc, int expected)
-{
-    int rc = mproc_process_join(proc, 10000);
-    cr_assert_eq(rc, 0, "join: %s", mproc_strerror(rc));
-    int code;
-    cr_assert_eq(mproc_process_exitcode(proc, &code), 0);
-    cr_assert_eq(code, expected, "exit code %d, expected %d", code, expected);
-    cr_assert_eq(mproc_process_destroy(&proc), 0);
-}
-
 Test(process, exit_code_from_return, .timeout = 10)
 {
-    join_expect(start(return_arg, (void *)7), 7);
-    join_expect(start(return_arg, (void *)0), 0);
+    test_join_expect(test_start(return_arg, (void *)7), 7);
+    test_join_expect(test_start(return_arg, (void *)0), 0);
     /* Only the low 8 bits survive, as with exit(). */
-    join_expect(start(return_arg, (void *)258), 2);
+    test_join_expect(test_start(return_arg, (void *)258), 2);
 }
 
 Test(process, exit_code_from_exit, .timeout = 10)
 {
-    join_expect(start(exit_arg, (void *)3), 3);
+    test_join_expect(test_start(exit_arg, (void *)3), 3);
 }
 
 Test(process, exit_code_from_crash_is_minus_11, .timeout = 10)
 {
-    join_expect(start(crash, NULL), -SIGSEGV);
+    test_join_expect(test_start(crash, NULL), -SIGSEGV);
 }
 
 Test(process, kill_terminate_interrupt, .timeout = 10)
 {
-    mproc_process *proc = start(sleep_forever, NULL);
+    mproc_process *proc = test_start(sleep_forever, NULL);
     cr_assert_eq(mproc_process_kill(proc), 0);
-    join_expect(proc, -SIGKILL);
+    test_join_expect(proc, -SIGKILL);
 
-    proc = start(sleep_forever, NULL);
+    proc = test_start(sleep_forever, NULL);
     cr_assert_eq(mproc_process_terminate(proc), 0);
-    join_expect(proc, -SIGTERM);
+    test_join_expect(proc, -SIGTERM);
 
-    proc = start(sleep_forever, NULL);
+    proc = test_start(sleep_forever, NULL);
     cr_assert_eq(mproc_process_interrupt(proc), 0);
-    join_expect(proc, -SIGINT);
+    test_join_expect(proc, -SIGINT);
 }
 
 Test(process, signal_after_end_is_harmless, .timeout = 10)
 {
-    mproc_process *proc = start(return_arg, (void *)1);
+    mproc_process *proc = test_start(return_arg, (void *)1);
     cr_assert_eq(mproc_process_join(proc, 5000), 0);
     /* Reaped: the pid may belong to someone else now, so nothing is sent. */
     cr_assert_eq(mproc_process_kill(proc), 0);
-    join_expect(proc, 1);
+    test_join_expect(proc, 1);
 }
 
 Test(process, join_timeout_within_tolerance, .timeout = 10)
 {
-    mproc_process *proc = start(sleep_forever, NULL);
+    mproc_process *proc = test_start(sleep_forever, NULL);
     int64_t t0 = test_now_ms();
     int rc = mproc_process_join(proc, 200);
     int64_t elapsed = test_now_ms() - t0;
@@ -135,18 +114,18 @@ Test(process, join_timeout_within_tolerance, .timeout = 10)
     cr_assert_eq(mproc_process_is_alive(proc, &alive), 0);
     cr_assert(alive);
     mproc_process_kill(proc);
-    join_expect(proc, -SIGKILL);
+    test_join_expect(proc, -SIGKILL);
 }
 
 Test(process, join_returns_when_child_ends, .timeout = 10)
 {
-    mproc_process *proc = start(sleep_ms, (void *)100);
+    mproc_process *proc = test_start(sleep_ms, (void *)100);
     int64_t t0 = test_now_ms();
     cr_assert_eq(mproc_process_join(proc, MPROC_WAIT_FOREVER), 0);
     int64_t elapsed = test_now_ms() - t0;
     cr_assert_geq(elapsed, 90);
     cr_assert_lt(elapsed, 500, "join took %lld ms for a 100 ms child", (long long)elapsed);
-    join_expect(proc, 0);
+    test_join_expect(proc, 0);
 }
 
 Test(process, states_before_during_after, .timeout = 10)
@@ -172,19 +151,19 @@ Test(process, states_before_during_after, .timeout = 10)
     cr_assert_eq(mproc_process_join(proc, 5000), 0);
     cr_assert_eq(mproc_process_is_alive(proc, &alive), 0);
     cr_assert_not(alive);
-    join_expect(proc, -SIGKILL);
+    test_join_expect(proc, -SIGKILL);
 }
 
 Test(process, no_zombie_after_join_or_destroy, .timeout = 10)
 {
-    mproc_process *proc = start(return_arg, NULL);
+    mproc_process *proc = test_start(return_arg, NULL);
     pid_t pid = mproc_process_pid(proc);
     cr_assert_eq(mproc_process_join(proc, 5000), 0);
     cr_assert_eq(test_process_state(pid), 0, "child %d still in /proc after join", (int)pid);
     cr_assert_eq(mproc_process_destroy(&proc), 0);
 
     /* Ended but never joined: destroy reaps it. */
-    proc = start(return_arg, NULL);
+    proc = test_start(return_arg, NULL);
     pid = mproc_process_pid(proc);
     cr_assert(test_wait_pid_dead(pid, 5000));
     cr_assert_eq(test_process_state(pid), 'Z');
@@ -195,39 +174,39 @@ Test(process, no_zombie_after_join_or_destroy, .timeout = 10)
 
 Test(process, destroy_running_is_refused, .timeout = 10)
 {
-    mproc_process *proc = start(sleep_forever, NULL);
+    mproc_process *proc = test_start(sleep_forever, NULL);
     cr_assert_eq(mproc_process_destroy(&proc), -EBUSY);
     cr_assert_not_null(proc, "a refused destroy must leave the handle usable");
     mproc_process_kill(proc);
-    join_expect(proc, -SIGKILL);
+    test_join_expect(proc, -SIGKILL);
 }
 
 Test(process, sentinel_is_pollable, .timeout = 10)
 {
-    mproc_process *proc = start(sleep_ms, (void *)150);
+    mproc_process *proc = test_start(sleep_ms, (void *)150);
     int fd = -1;
     cr_assert_eq(mproc_process_sentinel(proc, &fd), 0);
     struct pollfd pfd = {.fd = fd, .events = POLLIN};
     cr_assert_eq(poll(&pfd, 1, 0), 0, "sentinel ready while the child runs");
     cr_assert_eq(poll(&pfd, 1, 5000), 1, "sentinel not ready after the child ended");
-    join_expect(proc, 0);
+    test_join_expect(proc, 0);
 
     /* The kind of descriptor follows the mode: a pidfd, or the exit pipe. */
-    proc = start(return_arg, NULL);
+    proc = test_start(return_arg, NULL);
     cr_assert_eq(mproc_process_sentinel(proc, &fd), 0);
     struct stat st;
     cr_assert_eq(fstat(fd, &st), 0);
     const char *disable = getenv("MPROC_DISABLE_PIDFD");
     bool fallback = disable && strcmp(disable, "1") == 0;
     cr_assert_eq(S_ISFIFO(st.st_mode), fallback, "sentinel kind does not match the mode");
-    join_expect(proc, 0);
+    test_join_expect(proc, 0);
 }
 
 Test(process, thousand_cycles_leak_no_fd, .timeout = 60)
 {
     int before = test_count_fds();
     for (int i = 0; i < 1000; i++) {
-        mproc_process *proc = start(return_arg, (void *)(intptr_t)(i & 0x7f));
+        mproc_process *proc = test_start(return_arg, (void *)(intptr_t)(i & 0x7f));
         cr_assert_eq(mproc_process_join(proc, 5000), 0);
         cr_assert_eq(mproc_process_destroy(&proc), 0);
     }
@@ -268,13 +247,13 @@ static pid_t orphan_grandchild(bool daemon)
     int fds[2];
     cr_assert_eq(pipe(fds), 0);
     struct family_args args = {.pipe_wr = fds[1], .daemon = daemon};
-    mproc_process *child = start(start_grandchild, &args);
+    mproc_process *child = test_start(start_grandchild, &args);
     pid_t grandchild = 0;
     cr_assert_eq(read(fds[0], &grandchild, sizeof(grandchild)), (ssize_t)sizeof(grandchild));
     close(fds[0]);
     close(fds[1]);
     cr_assert_eq(mproc_process_kill(child), 0);
-    join_expect(child, -SIGKILL);
+    test_join_expect(child, -SIGKILL);
     return grandchild;
 }
 
@@ -349,10 +328,10 @@ static int misuse_from_child(void *arg)
 
 Test(process, join_itself_and_sibling_from_child, .timeout = 10)
 {
-    sibling = start(sleep_forever, NULL);
-    join_expect(start(misuse_from_child, NULL), 0);
+    sibling = test_start(sleep_forever, NULL);
+    test_join_expect(test_start(misuse_from_child, NULL), 0);
     mproc_process_kill(sibling);
-    join_expect(sibling, -SIGKILL);
+    test_join_expect(sibling, -SIGKILL);
 }
 
 /* Writes what the child sees of itself to a pipe. */
@@ -403,7 +382,7 @@ Test(process, names_and_identity, .timeout = 10)
               report.grandchild_name);
     close(fds[0]);
     close(fds[1]);
-    join_expect(proc, 0);
+    test_join_expect(proc, 0);
 }
 
 struct counter {
@@ -436,7 +415,7 @@ Test(process, class_with_instance_fields, .timeout = 10)
     cr_assert_eq(me->loop, 0, "instance fields start zeroed");
     me->loop = 21;
     cr_assert_eq(mproc_process_start(proc), 0);
-    join_expect(proc, 42);
+    test_join_expect(proc, 42);
     cr_assert_eq(finalized, 1);
 }
 
@@ -444,7 +423,7 @@ Test(process, active_children_reaps_finished, .timeout = 10)
 {
     mproc_process *procs[3];
     for (int i = 0; i < 3; i++)
-        procs[i] = start(sleep_forever, NULL);
+        procs[i] = test_start(sleep_forever, NULL);
     mproc_process *live[8];
     size_t count = 0;
     cr_assert_eq(mproc_active_children(live, 8, &count), 0);
@@ -461,7 +440,7 @@ Test(process, active_children_reaps_finished, .timeout = 10)
 
     for (int i = 0; i < 3; i++) {
         mproc_process_kill(procs[i]);
-        join_expect(procs[i], -SIGKILL);
+        test_join_expect(procs[i], -SIGKILL);
     }
     cr_assert_eq(mproc_active_children(live, 8, &count), 0);
     cr_assert_eq(count, 0);
@@ -487,7 +466,7 @@ Test(process, cpu_count_respects_affinity, .timeout = 10)
     cr_assert_eq(sched_getaffinity(0, sizeof(set), &set), 0);
     cr_assert_geq(count, 1);
     cr_assert_leq(count, CPU_COUNT(&set));
-    join_expect(start(report_cpu_count, NULL), 1);
+    test_join_expect(test_start(report_cpu_count, NULL), 1);
     cr_assert_eq(mproc_cpu_count(NULL), -EINVAL);
 }
 
@@ -502,7 +481,7 @@ Test(process, parent_buffer_not_duplicated, .timeout = 10)
     dup2(fd, STDOUT_FILENO);
     setvbuf(stdout, NULL, _IOFBF, 4096);
     printf("parent-line\n"); /* sits in the buffer: the file is not a terminal */
-    mproc_process *proc = start(return_arg, NULL);
+    mproc_process *proc = test_start(return_arg, NULL);
     cr_assert_eq(mproc_process_join(proc, 5000), 0);
     mproc_process_destroy(&proc);
     fflush(stdout);
@@ -566,11 +545,11 @@ Test(process, signal_mask_preserved, .timeout = 10)
     sigemptyset(&block);
     sigaddset(&block, SIGUSR1);
     pthread_sigmask(SIG_BLOCK, &block, &before);
-    mproc_process *proc = start(report_mask, NULL);
+    mproc_process *proc = test_start(report_mask, NULL);
     pthread_sigmask(SIG_SETMASK, NULL, &after);
     cr_assert(sigismember(&after, SIGUSR1));
     cr_assert_not(sigismember(&after, SIGUSR2));
-    join_expect(proc, 0);
+    test_join_expect(proc, 0);
     pthread_sigmask(SIG_SETMASK, &before, NULL);
 }
 
@@ -582,12 +561,12 @@ Test(process, join_interrupted_by_signal_handler, .timeout = 10)
 {
     struct sigaction sa = {.sa_handler = on_alarm};
     sigaction(SIGALRM, &sa, NULL);
-    mproc_process *proc = start(sleep_forever, NULL);
+    mproc_process *proc = test_start(sleep_forever, NULL);
     alarm(1);
     int rc = mproc_process_join(proc, 5000);
     cr_assert_eq(rc, -EINTR, "join: %s", mproc_strerror(rc));
     mproc_process_kill(proc);
-    join_expect(proc, -SIGKILL);
+    test_join_expect(proc, -SIGKILL);
 }
 
 Test(process, errors_have_text_and_names)

@@ -64,23 +64,6 @@ static struct stamped check_message(const void *data, size_t len)
     return head;
 }
 
-static mproc_process *start(mproc_target_fn target, void *arg)
-{
-    mproc_process *proc = NULL;
-    cr_assert_eq(mproc_process_create(&proc, target, arg), 0);
-    cr_assert_eq(mproc_process_start(proc), 0);
-    return proc;
-}
-
-static int join_code(mproc_process *proc)
-{
-    cr_assert_eq(mproc_process_join(proc, 120000), 0, "child did not end");
-    int code;
-    mproc_process_exitcode(proc, &code);
-    mproc_process_destroy(&proc);
-    return code;
-}
-
 static void *shared_pages(size_t size)
 {
     void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
@@ -124,7 +107,7 @@ Test(queue, child_to_parent, .timeout = 20)
     mproc_queue *queue;
     /* A small ring: the producer must wait for room, and be woken. */
     cr_assert_eq(mproc_queue_create(&queue, 0, 4096), 0);
-    mproc_process *child = start(put_0_to_999, queue);
+    mproc_process *child = test_start(put_0_to_999, queue);
     for (uint64_t i = 0; i < 1000; i++) {
         void *data;
         size_t len;
@@ -133,7 +116,7 @@ Test(queue, child_to_parent, .timeout = 20)
         cr_assert_eq(*(uint64_t *)data, i);
         free(data);
     }
-    cr_assert_eq(join_code(child), 0);
+    cr_assert_eq(test_join_code(child), 0);
     mproc_queue_destroy(&queue);
 }
 
@@ -215,18 +198,18 @@ Test(queue, mpmc_3x3_million_each, .timeout = 240)
     mproc_process *procs[STRESS_PRODUCERS + STRESS_CONSUMERS];
     for (int i = 0; i < STRESS_CONSUMERS; i++) {
         consumers[i] = (struct stress){.queue = queue, .report_fd = fds[1]};
-        procs[STRESS_PRODUCERS + i] = start(stress_consume, &consumers[i]);
+        procs[STRESS_PRODUCERS + i] = test_start(stress_consume, &consumers[i]);
     }
     for (uint32_t i = 0; i < STRESS_PRODUCERS; i++) {
         producers[i] = (struct stress){.queue = queue, .per_producer = per_producer, .producer = i};
-        procs[i] = start(stress_produce, &producers[i]);
+        procs[i] = test_start(stress_produce, &producers[i]);
     }
     for (int i = 0; i < STRESS_PRODUCERS; i++)
-        cr_assert_eq(join_code(procs[i]), 0, "producer %d failed", i);
+        cr_assert_eq(test_join_code(procs[i]), 0, "producer %d failed", i);
     /* Every message is in; closing lets the consumers drain and stop. */
     mproc_queue_close(queue);
     for (int i = 0; i < STRESS_CONSUMERS; i++) {
-        int code = join_code(procs[STRESS_PRODUCERS + i]);
+        int code = test_join_code(procs[STRESS_PRODUCERS + i]);
         cr_assert_eq(code, 0, "consumer %d failed with %d", i, code);
     }
 
@@ -273,7 +256,7 @@ Test(queue, one_gib_message_round_trip, .timeout = 180)
 {
     mproc_queue *queue;
     cr_assert_eq(mproc_queue_create(&queue, 0, 0), 0);
-    mproc_process *child = start(put_huge, queue);
+    mproc_process *child = test_start(put_huge, queue);
     void *data;
     size_t len;
     cr_assert_eq(mproc_queue_get(queue, &data, &len, 120000), 0);
@@ -284,7 +267,7 @@ Test(queue, one_gib_message_round_trip, .timeout = 180)
         cr_assert(p[i] == expected && p[i + 4095] == expected, "wrong byte at %zu", i);
     }
     free(data);
-    cr_assert_eq(join_code(child), 0);
+    cr_assert_eq(test_join_code(child), 0);
     mproc_queue_destroy(&queue);
 }
 
@@ -307,7 +290,7 @@ Test(queue, streamed_and_small_messages_interleave, .timeout = 60)
     /* With a 4 KiB ring, messages over 2 KiB stream through it in parts. */
     mproc_queue *queue;
     cr_assert_eq(mproc_queue_create(&queue, 0, 4096), 0);
-    mproc_process *child = start(put_mixed, queue);
+    mproc_process *child = test_start(put_mixed, queue);
     for (size_t i = 0; i < MIXED_COUNT; i++) {
         void *data;
         size_t len;
@@ -317,7 +300,7 @@ Test(queue, streamed_and_small_messages_interleave, .timeout = 60)
         cr_assert_eq(head.length, mixed_sizes[i]);
         free(data);
     }
-    cr_assert_eq(join_code(child), 0);
+    cr_assert_eq(test_join_code(child), 0);
     mproc_queue_destroy(&queue);
 }
 
@@ -445,13 +428,13 @@ Test(queue, close_wakes_waiters_in_other_processes, .timeout = 20)
 {
     mproc_queue *queue;
     cr_assert_eq(mproc_queue_create(&queue, 0, 0), 0);
-    mproc_process *a = start(get_until_closed, queue);
-    mproc_process *b = start(get_until_closed, queue);
+    mproc_process *a = test_start(get_until_closed, queue);
+    mproc_process *b = test_start(get_until_closed, queue);
     usleep(100000);
     int64_t t0 = test_now_ms();
     mproc_queue_close(queue);
-    cr_assert_eq(join_code(a), 0);
-    cr_assert_eq(join_code(b), 0);
+    cr_assert_eq(test_join_code(a), 0);
+    cr_assert_eq(test_join_code(b), 0);
     cr_assert_lt(test_now_ms() - t0, 2000);
     mproc_queue_destroy(&queue);
 }
@@ -471,7 +454,7 @@ Test(queue, get_fails_when_producers_are_gone, .timeout = 20)
 {
     mproc_queue *queue;
     cr_assert_eq(mproc_queue_create(&queue, 0, 0), 0);
-    mproc_process *child = start(put_five_and_exit, queue);
+    mproc_process *child = test_start(put_five_and_exit, queue);
     int value;
     size_t len;
     for (int i = 0; i < 5; i++) {
@@ -485,7 +468,7 @@ Test(queue, get_fails_when_producers_are_gone, .timeout = 20)
     int rc = mproc_queue_get_into(queue, &value, sizeof(value), &len, MPROC_WAIT_FOREVER);
     cr_assert_eq(rc, -EPIPE, "get: %s", mproc_strerror(rc));
     cr_assert_lt(test_now_ms() - t0, 2000);
-    cr_assert_eq(join_code(child), 0);
+    cr_assert_eq(test_join_code(child), 0);
     mproc_queue_destroy(&queue);
 }
 
@@ -505,8 +488,8 @@ Test(queue, put_fails_when_consumers_are_gone, .timeout = 20)
     cr_assert_eq(mproc_queue_create(&queue, 1, 0), 0);
     int value = 1;
     cr_assert_eq(mproc_queue_put(queue, &value, sizeof(value), 0), 0);
-    mproc_process *child = start(take_one_and_die, queue);
-    cr_assert_eq(join_code(child), -SIGKILL);
+    mproc_process *child = test_start(take_one_and_die, queue);
+    cr_assert_eq(test_join_code(child), -SIGKILL);
     cr_assert_eq(mproc_queue_put(queue, &value, sizeof(value), 0), 0);
     int rc = mproc_queue_put(queue, &value, sizeof(value), MPROC_WAIT_FOREVER);
     cr_assert_eq(rc, -EPIPE, "put: %s", mproc_strerror(rc));
@@ -583,15 +566,15 @@ Test(queue, producer_killed_mid_message_200_times, .timeout = 240)
         memset((void *)seen, 0, limit);
         atomic_store(confirmed, 0);
         struct victim v = {.queue = queue, .confirmed = confirmed, .seen = seen, .limit = limit};
-        mproc_process *producer = start(produce_until_killed, &v);
+        mproc_process *producer = test_start(produce_until_killed, &v);
         /* A consumer runs meanwhile, so that the producer keeps streaming and waiting. */
-        mproc_process *consumer = start(consume_until_killed, &v);
+        mproc_process *consumer = test_start(consume_until_killed, &v);
         usleep((useconds_t)(rand() % 3000));
         mproc_process_kill(producer);
-        cr_assert_eq(join_code(producer), -SIGKILL);
+        cr_assert_eq(test_join_code(producer), -SIGKILL);
         usleep(2000);
         mproc_process_kill(consumer);
-        cr_assert_eq(join_code(consumer), -SIGKILL);
+        cr_assert_eq(test_join_code(consumer), -SIGKILL);
 
         drain_checking(queue, seen, limit);
         /* Everything confirmed arrived exactly once; the one being put may have too. */
@@ -639,10 +622,10 @@ Test(queue, consumer_killed_while_holding_lock_200_times, .timeout = 240)
                 break;
         }
         struct victim v = {.queue = queue, .confirmed = confirmed, .seen = seen, .limit = limit};
-        mproc_process *consumer = start(consume_until_killed, &v);
+        mproc_process *consumer = test_start(consume_until_killed, &v);
         usleep((useconds_t)(rand() % 2000));
         mproc_process_kill(consumer);
-        cr_assert_eq(join_code(consumer), -SIGKILL);
+        cr_assert_eq(test_join_code(consumer), -SIGKILL);
 
         drain_checking(queue, seen, limit);
         uint64_t missing = 0;
@@ -680,9 +663,9 @@ Test(queue, joinable_join_waits_for_task_done, .timeout = 20)
     for (int i = 0; i < 10; i++)
         cr_assert_eq(mproc_queue_put(queue, &i, sizeof(i), 0), 0);
     cr_assert_eq(mproc_queue_join(queue, 0), -ETIMEDOUT);
-    mproc_process *child = start(take_and_mark_done, queue);
+    mproc_process *child = test_start(take_and_mark_done, queue);
     cr_assert_eq(mproc_queue_join(queue, 10000), 0);
-    cr_assert_eq(join_code(child), 0);
+    cr_assert_eq(test_join_code(child), 0);
     cr_assert_eq(mproc_queue_task_done(queue), -EOVERFLOW);
     mproc_queue_destroy(&queue);
 
@@ -699,8 +682,8 @@ Test(queue, joinable_join_reports_dead_taker, .timeout = 20)
     cr_assert_eq(mproc_joinable_queue_create(&queue, 0, 0), 0);
     int value = 1;
     cr_assert_eq(mproc_queue_put(queue, &value, sizeof(value), 0), 0);
-    mproc_process *child = start(take_one_and_die, queue);
-    cr_assert_eq(join_code(child), -SIGKILL);
+    mproc_process *child = test_start(take_one_and_die, queue);
+    cr_assert_eq(test_join_code(child), -SIGKILL);
     cr_assert_eq(mproc_queue_join(queue, 5000), -EPIPE);
     mproc_queue_destroy(&queue);
 }
@@ -743,7 +726,7 @@ Test(queue, attach_by_descriptor_in_process_started_earlier, .timeout = 20)
     int pair[2];
     cr_assert_eq(socketpair(AF_UNIX, SOCK_STREAM, 0, pair), 0);
     struct late_attach la = {.sock = pair[1]};
-    mproc_process *child = start(attach_and_put, &la);
+    mproc_process *child = test_start(attach_and_put, &la);
     /* The queue is made after the child started: it can only get it by descriptor. */
     mproc_queue *queue;
     cr_assert_eq(mproc_queue_create(&queue, 0, 0), 0);
@@ -770,7 +753,7 @@ Test(queue, attach_by_descriptor_in_process_started_earlier, .timeout = 20)
     size_t len;
     cr_assert_eq(mproc_queue_get_into(queue, &value, sizeof(value), &len, 5000), 0);
     cr_assert_eq(value, 99);
-    cr_assert_eq(join_code(child), 0);
+    cr_assert_eq(test_join_code(child), 0);
     close(pair[0]);
     close(pair[1]);
     mproc_queue_destroy(&queue);

@@ -19,26 +19,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static mproc_process *start(mproc_target_fn target, void *arg)
-{
-    mproc_process *proc = NULL;
-    int rc = mproc_process_create(&proc, target, arg);
-    cr_assert_eq(rc, 0, "create: %s", mproc_strerror(rc));
-    rc = mproc_process_start(proc);
-    cr_assert_eq(rc, 0, "start: %s", mproc_strerror(rc));
-    return proc;
-}
-
-static void join_expect(mproc_process *proc, int expected)
-{
-    int rc = mproc_process_join(proc, 20000);
-    cr_assert_eq(rc, 0, "join: %s", mproc_strerror(rc));
-    int code;
-    cr_assert_eq(mproc_process_exitcode(proc, &code), 0);
-    cr_assert_eq(code, expected, "exit code %d, expected %d", code, expected);
-    cr_assert_eq(mproc_process_destroy(&proc), 0);
-}
-
 /* Named blocks of this suite start with this; other suites may run at the same time. */
 #define TEST_PREFIX "mproc-test-"
 
@@ -108,17 +88,17 @@ Test(shm, value_lock_makes_increment_exact, .timeout = 60)
     cr_assert_eq(mproc_value_create(&value, MPROC_TYPE_INT64, true), 0);
     mproc_process *procs[4];
     for (int i = 0; i < 4; i++)
-        procs[i] = start(add_under_lock, value);
+        procs[i] = test_start(add_under_lock, value);
     for (int i = 0; i < 4; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     int64_t v;
     cr_assert_eq(mproc_value_get_i64(value, &v), 0);
     cr_assert_eq(v, 40000);
 
     for (int i = 0; i < 4; i++)
-        procs[i] = start(add_atomically, value);
+        procs[i] = test_start(add_atomically, value);
     for (int i = 0; i < 4; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     int64_t result;
     cr_assert_eq(mproc_value_add_i64(value, -80000, &result), 0);
     cr_assert_eq(result, 0);
@@ -135,7 +115,7 @@ Test(shm, value_types_and_access, .timeout = 10)
 {
     mproc_value *value;
     cr_assert_eq(mproc_value_create(&value, MPROC_TYPE_DOUBLE, false), 0);
-    join_expect(start(set_to_seven, value), 0);
+    test_join_expect(test_start(set_to_seven, value), 0);
     double d;
     cr_assert_eq(mproc_value_get_f64(value, &d), 0);
     cr_assert(d == 7.5);
@@ -209,11 +189,11 @@ Test(shm, value_lock_recovered_from_killed_holder, .timeout = 30)
     struct holder_job job;
     cr_assert_eq(mproc_value_create(&job.value, MPROC_TYPE_INT64, true), 0);
     cr_assert_eq(mproc_semaphore_create(&job.ready, 0), 0);
-    mproc_process *proc = start(lock_value_and_sleep, &job);
+    mproc_process *proc = test_start(lock_value_and_sleep, &job);
     cr_assert_eq(mproc_semaphore_acquire(job.ready, 10000), 0);
     cr_assert_eq(mproc_value_lock(job.value, 0), -ETIMEDOUT);
     mproc_process_kill(proc);
-    join_expect(proc, -SIGKILL);
+    test_join_expect(proc, -SIGKILL);
     cr_assert_eq(mproc_value_lock(job.value, 5000), -EOWNERDEAD);
     int64_t v;
     mproc_value_get_i64(job.value, &v);
@@ -252,10 +232,10 @@ Test(shm, array_written_by_children, .timeout = 30)
     mproc_process *procs[4];
     for (int i = 0; i < 4; i++) {
         jobs[i] = (struct fill_job){array, i};
-        procs[i] = start(fill_part, &jobs[i]);
+        procs[i] = test_start(fill_part, &jobs[i]);
     }
     for (int i = 0; i < 4; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     int32_t *data;
     cr_assert_eq(mproc_array_ptr(array, (void **)&data), 0);
     for (int i = 0; i < 1000; i++)
@@ -301,9 +281,9 @@ Test(shm, array_lock_guards_updates, .timeout = 60)
     cr_assert_eq(mproc_array_create(&array, MPROC_TYPE_DOUBLE, 4, true), 0);
     mproc_process *procs[3];
     for (int i = 0; i < 3; i++)
-        procs[i] = start(add_to_each, array);
+        procs[i] = test_start(add_to_each, array);
     for (int i = 0; i < 3; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     for (size_t i = 0; i < 4; i++) {
         double d;
         cr_assert_eq(mproc_array_get(array, i, &d, sizeof(d)), 0);
@@ -397,7 +377,7 @@ Test(shm, anonymous_block_shared_and_leaves_nothing, .timeout = 10)
     size_t size;
     cr_assert_eq(mproc_shared_memory_size(shm, &size), 0);
     cr_assert_eq(size, 10000);
-    join_expect(start(write_hello, shm), 0);
+    test_join_expect(test_start(write_hello, shm), 0);
     void *buf;
     cr_assert_eq(mproc_shared_memory_buf(shm, &buf), 0);
     cr_assert_str_eq(buf, "hello");
@@ -458,7 +438,7 @@ Test(shm, named_block_exclusive_open_unlink, .timeout = 10)
     cr_assert_eq(mproc_shared_memory_create_named(&again, name, 4096), -EEXIST);
     cr_assert_eq(mproc_shared_memory_create_named(&again, name + 1, 4096), -EEXIST,
                  "the same name without its slash");
-    join_expect(start(open_and_write, name), 0);
+    test_join_expect(test_start(open_and_write, name), 0);
     void *buf;
     mproc_shared_memory_buf(shm, &buf);
     cr_assert_str_eq(buf, "from child");
@@ -506,7 +486,7 @@ static _Noreturn int create_everything_and_die(void *arg)
 Test(shm, crash_of_creator_leaves_no_name, .timeout = 10)
 {
     int others = count_other_dev_shm();
-    join_expect(start(create_everything_and_die, NULL), -SIGKILL);
+    test_join_expect(test_start(create_everything_and_die, NULL), -SIGKILL);
     cr_assert_eq(count_other_dev_shm(), others);
 }
 

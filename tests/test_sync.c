@@ -22,30 +22,10 @@
 
 /* ---- helpers ---- */
 
-static mproc_process *start(mproc_target_fn target, void *arg)
-{
-    mproc_process *proc = NULL;
-    int rc = mproc_process_create(&proc, target, arg);
-    cr_assert_eq(rc, 0, "create: %s", mproc_strerror(rc));
-    rc = mproc_process_start(proc);
-    cr_assert_eq(rc, 0, "start: %s", mproc_strerror(rc));
-    return proc;
-}
-
-static void join_expect(mproc_process *proc, int expected)
-{
-    int rc = mproc_process_join(proc, 20000);
-    cr_assert_eq(rc, 0, "join: %s", mproc_strerror(rc));
-    int code;
-    cr_assert_eq(mproc_process_exitcode(proc, &code), 0);
-    cr_assert_eq(code, expected, "exit code %d, expected %d", code, expected);
-    cr_assert_eq(mproc_process_destroy(&proc), 0);
-}
-
 static void kill_and_join(mproc_process *proc)
 {
     cr_assert_eq(mproc_process_kill(proc), 0);
-    join_expect(proc, -SIGKILL);
+    test_join_expect(proc, -SIGKILL);
 }
 
 /* Exit code for a child reporting an mproc result: 0 ok, else a small code. */
@@ -103,7 +83,7 @@ static void signal_until_exit(mproc_target_fn target, void *object, int expected
 {
     struct eintr_job job = {.object = object};
     cr_assert_eq(mproc_semaphore_create(&job.ready, 0), 0);
-    mproc_process *proc = start(target, &job);
+    mproc_process *proc = test_start(target, &job);
     cr_assert_eq(mproc_semaphore_acquire(job.ready, 10000), 0);
     mproc_semaphore_destroy(&job.ready);
     for (int i = 0; i < 500; i++) {
@@ -111,7 +91,7 @@ static void signal_until_exit(mproc_target_fn target, void *object, int expected
         if (mproc_process_join(proc, 20) == 0)
             break;
     }
-    join_expect(proc, expected);
+    test_join_expect(proc, expected);
 }
 
 static int barrier_wait_once(void *arg);
@@ -149,9 +129,9 @@ Test(sync, lock_counter_exact_across_processes, .timeout = 60)
     struct counter_job job = {.lock = lock, .counter = buf, .rounds = 20000};
     mproc_process *procs[4];
     for (int i = 0; i < 4; i++)
-        procs[i] = start(count_under_lock, &job);
+        procs[i] = test_start(count_under_lock, &job);
     for (int i = 0; i < 4; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     cr_assert_eq(*job.counter, 80000, "counter %lld", (long long)*job.counter);
     cr_assert_eq(mproc_lock_destroy(&lock), 0);
     cr_assert_null(lock);
@@ -194,7 +174,7 @@ Test(sync, lock_holder_killed_200_times, .timeout = 120)
     mproc_shared_memory_buf(shm, &buf);
     struct holder_job job = {.lock = lock, .data = buf, .ready = ready};
     for (int i = 0; i < 200; i++) {
-        mproc_process *proc = start(hold_and_sleep, &job);
+        mproc_process *proc = test_start(hold_and_sleep, &job);
         cr_assert_eq(mproc_semaphore_acquire(ready, 10000), 0, "iteration %d", i);
         kill_and_join(proc);
         int rc = mproc_lock_acquire(lock, 5000);
@@ -233,12 +213,12 @@ Test(sync, lock_waiter_in_other_process_gets_ownerdead, .timeout = 30)
     void *buf;
     mproc_shared_memory_buf(shm, &buf);
     struct holder_job job = {.lock = lock, .data = buf, .ready = ready};
-    mproc_process *holder = start(hold_and_sleep, &job);
+    mproc_process *holder = test_start(hold_and_sleep, &job);
     cr_assert_eq(mproc_semaphore_acquire(ready, 10000), 0);
-    mproc_process *waiter = start(acquire_and_report, &job);
+    mproc_process *waiter = test_start(acquire_and_report, &job);
     usleep(100 * 1000); /* give the waiter time to block: either way it must see the death */
     kill_and_join(holder);
-    join_expect(waiter, code_of(-EOWNERDEAD));
+    test_join_expect(waiter, code_of(-EOWNERDEAD));
     mproc_lock_destroy(&lock);
     mproc_semaphore_destroy(&ready);
     mproc_shared_memory_destroy(&shm);
@@ -268,7 +248,7 @@ Test(sync, lock_owner_rules_and_timeouts, .timeout = 30)
     /* A Lock is not recursive: waiting on ourselves would hang. */
     cr_assert_eq(mproc_lock_acquire(lock, 1000), -EDEADLK);
     /* Another process or thread may not release it (unlike Python's Lock). */
-    join_expect(start(release_foreign, lock), code_of(-EPERM));
+    test_join_expect(test_start(release_foreign, lock), code_of(-EPERM));
     pthread_t thread;
     void *result;
     pthread_create(&thread, NULL, release_in_thread, lock);
@@ -285,7 +265,7 @@ Test(sync, lock_owner_rules_and_timeouts, .timeout = 30)
     void *buf;
     mproc_shared_memory_buf(shm, &buf);
     struct holder_job job = {.lock = lock, .data = buf, .ready = ready};
-    mproc_process *holder = start(hold_and_sleep, &job);
+    mproc_process *holder = test_start(hold_and_sleep, &job);
     cr_assert_eq(mproc_semaphore_acquire(ready, 10000), 0);
     int64_t t0 = test_now_ms();
     cr_assert_eq(mproc_lock_acquire(lock, 0), -ETIMEDOUT);
@@ -320,15 +300,15 @@ Test(sync, rlock_recursion_and_owner, .timeout = 30)
     cr_assert_eq(mproc_rlock_create(&rlock), 0);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(mproc_lock_acquire(rlock, 0), 0);
-    join_expect(start(try_take_once, rlock), code_of(-ETIMEDOUT));
-    join_expect(start(release_foreign, rlock), code_of(-EPERM));
+    test_join_expect(test_start(try_take_once, rlock), code_of(-ETIMEDOUT));
+    test_join_expect(test_start(release_foreign, rlock), code_of(-EPERM));
     cr_assert_eq(mproc_lock_release(rlock), 0);
     cr_assert_eq(mproc_lock_release(rlock), 0);
     /* Still held once: others still wait. */
-    join_expect(start(try_take_once, rlock), code_of(-ETIMEDOUT));
+    test_join_expect(test_start(try_take_once, rlock), code_of(-ETIMEDOUT));
     cr_assert_eq(mproc_lock_release(rlock), 0);
     cr_assert_eq(mproc_lock_release(rlock), -EPERM);
-    join_expect(start(try_take_once, rlock), 0);
+    test_join_expect(test_start(try_take_once, rlock), 0);
     cr_assert_eq(mproc_lock_destroy(&rlock), 0);
 }
 
@@ -347,9 +327,9 @@ Test(sync, lock_attach_by_fd, .timeout = 30)
     /* The creator's handle may go: the attached view keeps the lock alive. */
     cr_assert_eq(mproc_lock_destroy(&lock), 0);
     cr_assert_eq(mproc_lock_acquire(view, 0), 0);
-    join_expect(start(try_take_once, view), code_of(-ETIMEDOUT));
+    test_join_expect(test_start(try_take_once, view), code_of(-ETIMEDOUT));
     cr_assert_eq(mproc_lock_release(view), 0);
-    join_expect(start(try_take_once, view), 0);
+    test_join_expect(test_start(try_take_once, view), 0);
     cr_assert_eq(mproc_lock_destroy(&view), 0);
     mproc_semaphore_destroy(&sem);
 }
@@ -369,14 +349,14 @@ Test(sync, rlock_holder_killed_at_depth_three, .timeout = 30)
     struct holder_job job = {0};
     cr_assert_eq(mproc_rlock_create(&job.lock), 0);
     cr_assert_eq(mproc_semaphore_create(&job.ready, 0), 0);
-    mproc_process *proc = start(rlock_deep_and_sleep, &job);
+    mproc_process *proc = test_start(rlock_deep_and_sleep, &job);
     cr_assert_eq(mproc_semaphore_acquire(job.ready, 10000), 0);
     kill_and_join(proc);
     cr_assert_eq(mproc_lock_acquire(job.lock, 5000), -EOWNERDEAD);
     /* The dead holder's depth is gone: one release frees it. */
     cr_assert_eq(mproc_lock_release(job.lock), 0);
     cr_assert_eq(mproc_lock_release(job.lock), -EPERM);
-    join_expect(start(try_take_once, job.lock), 0);
+    test_join_expect(test_start(try_take_once, job.lock), 0);
     mproc_lock_destroy(&job.lock);
     mproc_semaphore_destroy(&job.ready);
 }
@@ -406,7 +386,7 @@ Test(sync, semaphore_event_barrier_attach_by_fd, .timeout = 30)
     cr_assert_eq(mproc_semaphore_fd(sem, &fds[0]), 0);
     cr_assert_eq(mproc_event_fd(event, &fds[1]), 0);
     /* The child maps them from the descriptors, as an unrelated process would. */
-    join_expect(start(release_semaphore_and_set_event, fds), 0);
+    test_join_expect(test_start(release_semaphore_and_set_event, fds), 0);
     cr_assert_eq(mproc_semaphore_acquire(sem, 0), 0);
     cr_assert_eq(mproc_event_wait(event, 0), 0);
 
@@ -417,9 +397,9 @@ Test(sync, semaphore_event_barrier_attach_by_fd, .timeout = 30)
     unsigned parties;
     cr_assert_eq(mproc_barrier_parties(view, &parties), 0);
     cr_assert_eq(parties, 2);
-    mproc_process *child = start(barrier_wait_once, view);
+    mproc_process *child = test_start(barrier_wait_once, view);
     cr_assert_eq(mproc_barrier_wait(barrier, 10000, NULL), 0);
-    join_expect(child, 0);
+    test_join_expect(child, 0);
     mproc_barrier_destroy(&view);
     mproc_barrier_destroy(&barrier);
     mproc_semaphore_destroy(&sem);
@@ -464,9 +444,9 @@ Test(sync, semaphore_limits_processes, .timeout = 60)
     cr_assert_eq(mproc_value_create(&job.most, MPROC_TYPE_INT64, true), 0);
     mproc_process *procs[5];
     for (int i = 0; i < 5; i++)
-        procs[i] = start(use_limited_resource, &job);
+        procs[i] = test_start(use_limited_resource, &job);
     for (int i = 0; i < 5; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     int64_t most;
     mproc_value_get_i64(job.most, &most);
     cr_assert(most >= 1 && most <= 2, "%lld inside at once", (long long)most);
@@ -509,12 +489,12 @@ Test(sync, semaphore_wakes_other_process_despite_dead_waiter, .timeout = 30)
 {
     mproc_semaphore *sem;
     cr_assert_eq(mproc_semaphore_create(&sem, 0), 0);
-    mproc_process *doomed = start(take_semaphore, sem);
-    mproc_process *waiter = start(take_semaphore, sem);
+    mproc_process *doomed = test_start(take_semaphore, sem);
+    mproc_process *waiter = test_start(take_semaphore, sem);
     usleep(100 * 1000); /* let both fall asleep */
     kill_and_join(doomed);
     cr_assert_eq(mproc_semaphore_release(sem), 0);
-    join_expect(waiter, 0);
+    test_join_expect(waiter, 0);
     unsigned value;
     mproc_semaphore_get_value(sem, &value);
     cr_assert_eq(value, 0);
@@ -569,14 +549,14 @@ Test(sync, event_wakes_waiters_in_other_processes, .timeout = 30)
     cr_assert_eq(mproc_semaphore_create(&job.ready, 0), 0);
     mproc_process *procs[3];
     for (int i = 0; i < 3; i++)
-        procs[i] = start(wait_event, &job);
+        procs[i] = test_start(wait_event, &job);
     for (int i = 0; i < 3; i++)
         cr_assert_eq(mproc_semaphore_acquire(job.ready, 10000), 0);
     usleep(50 * 1000); /* most likely asleep now; correct either way */
     int64_t t0 = test_now_ms();
     cr_assert_eq(mproc_event_set(job.event), 0);
     for (int i = 0; i < 3; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     cr_assert_lt(test_now_ms() - t0, 2000);
     bool set;
     cr_assert_eq(mproc_event_is_set(job.event, &set), 0);
@@ -660,14 +640,14 @@ Test(sync, condition_notify_all_and_wait_for, .timeout = 30)
     struct cond_job job = make_cond_job(&shm, NULL);
     mproc_process *procs[3];
     for (int i = 0; i < 3; i++)
-        procs[i] = start(wait_for_go, &job);
+        procs[i] = test_start(wait_for_go, &job);
     cr_assert_eq(mproc_condition_acquire(job.cond, 10000), 0);
     cr_assert_eq(mproc_condition_wait_for(job.cond, three_waiting, job.state, 10000), 0);
     job.state->go = 1;
     cr_assert_eq(mproc_condition_notify_all(job.cond), 0);
     cr_assert_eq(mproc_condition_release(job.cond), 0);
     for (int i = 0; i < 3; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     cr_assert_eq(mproc_condition_destroy(&job.cond), 0);
     mproc_shared_memory_destroy(&shm);
 }
@@ -710,7 +690,7 @@ Test(sync, condition_notify_one_at_a_time, .timeout = 30)
     struct cond_job job = make_cond_job(&shm, lock);
     mproc_process *procs[3];
     for (int i = 0; i < 3; i++)
-        procs[i] = start(take_token, &job);
+        procs[i] = test_start(take_token, &job);
     cr_assert_eq(mproc_condition_acquire(job.cond, 10000), 0);
     cr_assert_eq(mproc_condition_wait_for(job.cond, three_waiting, job.state, 10000), 0);
     for (int i = 1; i <= 3; i++) {
@@ -722,7 +702,7 @@ Test(sync, condition_notify_one_at_a_time, .timeout = 30)
     }
     cr_assert_eq(mproc_condition_release(job.cond), 0);
     for (int i = 0; i < 3; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     mproc_condition_destroy(&job.cond);
     mproc_lock_destroy(&lock);
     mproc_shared_memory_destroy(&shm);
@@ -836,7 +816,7 @@ Test(sync, condition_wait_gets_ownerdead_from_dead_notifier, .timeout = 30)
     cr_assert_eq(mproc_condition_create(&job.cond, NULL), 0);
     cr_assert_eq(mproc_semaphore_create(&job.ready, 0), 0);
     cr_assert_eq(mproc_condition_acquire(job.cond, 0), 0);
-    job.proc = start(notify_and_stall, &job);
+    job.proc = test_start(notify_and_stall, &job);
     pthread_t killer;
     pthread_create(&killer, NULL, kill_when_ready, &job);
     /* Woken by the notify, then blocked on the lock until its holder is killed. */
@@ -844,7 +824,7 @@ Test(sync, condition_wait_gets_ownerdead_from_dead_notifier, .timeout = 30)
     cr_assert_eq(rc, -EOWNERDEAD, "wait: %s", mproc_strerror(rc));
     cr_assert_eq(mproc_condition_release(job.cond), 0);
     pthread_join(killer, NULL);
-    join_expect(job.proc, -SIGKILL);
+    test_join_expect(job.proc, -SIGKILL);
     mproc_condition_destroy(&job.cond);
     mproc_semaphore_destroy(&job.ready);
 }
@@ -891,9 +871,9 @@ Test(sync, barrier_action_once_per_generation, .timeout = 60)
     cr_assert_eq(mproc_barrier_create(&job.barrier, 3, count_action, &job, MPROC_WAIT_FOREVER), 0);
     mproc_process *procs[3];
     for (int i = 0; i < 3; i++)
-        procs[i] = start(barrier_rounds, &job);
+        procs[i] = test_start(barrier_rounds, &job);
     for (int i = 0; i < 3; i++)
-        join_expect(procs[i], 0);
+        test_join_expect(procs[i], 0);
     int64_t actions;
     mproc_value_get_i64(job.actions, &actions);
     cr_assert_eq(actions, 50);
@@ -946,9 +926,9 @@ Test(sync, barrier_timeout_breaks_and_reset_repairs, .timeout = 30)
     cr_assert_eq(mproc_barrier_reset(barrier), 0);
     mproc_barrier_broken(barrier, &broken);
     cr_assert(!broken);
-    mproc_process *child = start(barrier_wait_once, barrier);
+    mproc_process *child = test_start(barrier_wait_once, barrier);
     cr_assert_eq(mproc_barrier_wait(barrier, 10000, NULL), 0);
-    join_expect(child, 0);
+    test_join_expect(child, 0);
     mproc_barrier_destroy(&barrier);
 }
 
@@ -968,24 +948,24 @@ Test(sync, barrier_abort_and_reset_break_waiters, .timeout = 30)
 {
     mproc_barrier *barrier;
     cr_assert_eq(mproc_barrier_create(&barrier, 3, NULL, NULL, MPROC_WAIT_FOREVER), 0);
-    mproc_process *child = start(barrier_wait_once, barrier);
+    mproc_process *child = test_start(barrier_wait_once, barrier);
     wait_for_n_waiting(barrier, 1);
     cr_assert_eq(mproc_barrier_abort(barrier), 0);
-    join_expect(child, code_of(MPROC_EBROKEN));
+    test_join_expect(child, code_of(MPROC_EBROKEN));
     cr_assert_eq(mproc_barrier_reset(barrier), 0);
 
-    child = start(barrier_wait_once, barrier);
+    child = test_start(barrier_wait_once, barrier);
     wait_for_n_waiting(barrier, 1);
     cr_assert_eq(mproc_barrier_reset(barrier), 0);
-    join_expect(child, code_of(MPROC_EBROKEN));
+    test_join_expect(child, code_of(MPROC_EBROKEN));
     bool broken;
     mproc_barrier_broken(barrier, &broken);
     cr_assert(!broken, "reset leaves the barrier whole");
-    mproc_process *a = start(barrier_wait_once, barrier);
-    mproc_process *b = start(barrier_wait_once, barrier);
+    mproc_process *a = test_start(barrier_wait_once, barrier);
+    mproc_process *b = test_start(barrier_wait_once, barrier);
     cr_assert_eq(mproc_barrier_wait(barrier, 10000, NULL), 0);
-    join_expect(a, 0);
-    join_expect(b, 0);
+    test_join_expect(a, 0);
+    test_join_expect(b, 0);
     mproc_barrier_destroy(&barrier);
 }
 
@@ -1011,8 +991,8 @@ Test(sync, barrier_broken_by_killed_party, .timeout = 30)
 {
     mproc_barrier *barrier;
     cr_assert_eq(mproc_barrier_create(&barrier, 3, NULL, NULL, MPROC_WAIT_FOREVER), 0);
-    mproc_process *doomed = start(barrier_then_stall, barrier);
-    mproc_process *other = start(barrier_twice, barrier);
+    mproc_process *doomed = test_start(barrier_then_stall, barrier);
+    mproc_process *other = test_start(barrier_twice, barrier);
     /* Generation 0: all three arrive; the doomed party is now registered. */
     cr_assert_eq(mproc_barrier_wait(barrier, 10000, NULL), 0);
     wait_for_n_waiting(barrier, 1); /* the other party waits in generation 1 */
@@ -1022,8 +1002,8 @@ Test(sync, barrier_broken_by_killed_party, .timeout = 30)
     cr_assert_eq(mproc_barrier_wait(barrier, MPROC_WAIT_FOREVER, NULL), MPROC_EBROKEN);
     int64_t elapsed = test_now_ms() - t0;
     cr_assert_lt(elapsed, 2000, "noticed the death after %lld ms", (long long)elapsed);
-    join_expect(other, code_of(MPROC_EBROKEN));
-    join_expect(doomed, -SIGKILL);
+    test_join_expect(other, code_of(MPROC_EBROKEN));
+    test_join_expect(doomed, -SIGKILL);
     mproc_barrier_destroy(&barrier);
 }
 
