@@ -1,0 +1,908 @@
+/*
+ * mpcp beyond cp: atomic writes under SIGKILL and the rerun that finishes
+ * the job, trees deeper than PATH_MAX, the progress bar on a terminal and
+ * its absence in a pipe, --reflink=always failing cleanly, ENOSPC on a small
+ * tmpfs, sparse files, summaries, --dry-run, and the task byte format that
+ * pool workers will receive.
+ */
+#include "mpcp_tree.h"
+
+#include <poll.h>
+#include <pty.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/resource.h>
+#include <linux/fiemap.h>
+#include <linux/fs.h>
+
+/* The task format, compiled in: the pool integration relies on it. */
+#include "../tools/mpcp/task.c"
+
+static char work[256];
+static int wfd = -1;
+
+/* work + "/" + name, in a static buffer. */
+static const char *work_path(const char *dir, const char *name)
+{
+    static char path[512];
+    snprintf(path, sizeof path, "%s/%s", dir, name);
+    return path;
+}
+
+static void setup_work(void)
+{
+    wfd = make_work_dir(work, sizeof work, "beyond");
+}
+
+static void teardown_work(void)
+{
+    char mnt[300];
+    snprintf(mnt, sizeof mnt, "%s/mnt", work);
+    umount2(mnt, MNT_DETACH); /* the ENOSPC case's tmpfs, if an assertion left it */
+    if (wfd >= 0)
+        close(wfd);
+    wfd = -1;
+    remove_tree_at(AT_FDCWD, work);
+}
+
+#if defined(__SANITIZE_ADDRESS__)
+#define UNDER_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define UNDER_ASAN 1
+#endif
+#endif
+
+/* Criterion does not run .fini after a skip: clean up first. */
+#define SKIP(...)                                                                                  \
+    do {                                                                                           \
+        teardown_work();                                                                           \
+        cr_skip_test(__VA_ARGS__);                                                                 \
+    } while (0)
+
+static void mpcp(struct run_result *r, const char *const *args)
+{
+    const char *argv[32] = {MPROC_MPCP_PATH};
+    for (int i = 0; args[i]; i++)
+        argv[i + 1] = args[i];
+    run_in(work, false, argv, r);
+}
+
+static void write_pattern(int dir, const char *name, size_t size)
+{
+    int fd = openat(dir, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    must(fd, "create", name);
+    static char block[1 << 16];
+    for (size_t off = 0; off < size;) {
+        size_t n = size - off < sizeof block ? size - off : sizeof block;
+        for (size_t i = 0; i < n; i++)
+            block[i] = (char)((off + i) * 31 + 7);
+        cr_assert_eq(write(fd, block, n), (ssize_t)n);
+        off += n;
+    }
+    close(fd);
+}
+
+static int count_temporaries(int dir)
+{
+    size_t n;
+    char **names = list_names(dir, &n);
+    int temps = 0;
+    for (size_t i = 0; i < n; i++) {
+        temps += strncmp(names[i], ".mpcp-", 6) == 0;
+        free(names[i]);
+    }
+    free(names);
+    return temps;
+}
+
+static void same_file_content(int da, const char *a, int db, const char *b)
+{
+    struct stat sa, sb;
+    cr_assert_eq(fstatat(da, a, &sa, 0), 0, "%s", a);
+    cr_assert_eq(fstatat(db, b, &sb, 0), 0, "%s missing", b);
+    cr_assert_eq(sa.st_size, sb.st_size, "%s: size %ld, expected %ld", b, (long)sb.st_size,
+                 (long)sa.st_size);
+    compare_content(da, db, a, b);
+}
+
+/* ---- atomic writes ---- */
+
+Test(mpcp_beyond, sigkill_leaves_no_torn_file_and_rerun_finishes, .init = setup_work,
+     .fini = teardown_work, .timeout = 60)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    write_pattern(s, "big", 8 << 20);
+    write_pattern(s, "a", 1000);
+    int o = sub_dir(wfd, "o", 0755);
+    must(mkfifoat(wfd, "slow", 0644), "mkfifo", "slow");
+    /* A fifo source (read as a file without -r) lets the test stop the copy midway. */
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(work) < 0)
+            _exit(126);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, "slow", "o/big", (char *)NULL);
+        _exit(127);
+    }
+    int w = openat(wfd, "slow", O_WRONLY | O_CLOEXEC);
+    must(w, "open", "slow");
+    static char chunk[1 << 20];
+    memset(chunk, 'x', sizeof chunk);
+    cr_assert_eq(write(w, chunk, sizeof chunk), (ssize_t)sizeof chunk);
+    /* Wait until the temporary holds data, then kill mid-copy. */
+    bool seen = false;
+    for (int i = 0; i < 5000 && !seen; i++) {
+        size_t n;
+        char **names = list_names(o, &n);
+        for (size_t k = 0; k < n; k++) {
+            struct stat st;
+            if (!strncmp(names[k], ".mpcp-", 6) && fstatat(o, names[k], &st, 0) == 0 &&
+                st.st_size > 0)
+                seen = true;
+            free(names[k]);
+        }
+        free(names);
+        if (!seen)
+            usleep(1000);
+    }
+    cr_assert(seen, "no temporary with data appeared");
+    kill(pid, SIGKILL);
+    int st;
+    waitpid(pid, &st, 0);
+    close(w);
+    cr_assert(WIFSIGNALED(st));
+    struct stat fst;
+    cr_assert_neq(fstatat(o, "big", &fst, AT_SYMLINK_NOFOLLOW), 0, "a torn o/big exists");
+    cr_assert_eq(count_temporaries(o), 1);
+
+    /* The rerun with -u copies what is missing and removes the dead run's temporary. */
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-rTu", "s", "o", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    same_file_content(s, "big", o, "big");
+    same_file_content(s, "a", o, "a");
+    cr_assert_eq(count_temporaries(o), 0);
+    close(s);
+    close(o);
+}
+
+Test(mpcp_beyond, rerun_with_u_cleans_dead_runs_temporaries, .init = setup_work,
+     .fini = teardown_work, .timeout = 30)
+{
+    put_file(wfd, "f", "data\n", 0644);
+    int o = sub_dir(wfd, "o", 0755);
+    /* pid 1 is alive: its temporary is not ours to remove; 999999 is gone. */
+    put_file(o, ".mpcp-999999-7~f", "partial", 0600);
+    put_file(o, ".mpcp-1-7~f", "not ours", 0600);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-u", "f", "o", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    struct stat st;
+    cr_assert_neq(fstatat(o, ".mpcp-999999-7~f", &st, 0), 0, "dead run's temporary left");
+    cr_assert_eq(fstatat(o, ".mpcp-1-7~f", &st, 0), 0, "a live process's temporary was removed");
+    same_file_content(wfd, "f", o, "f");
+    close(o);
+}
+
+Test(mpcp_beyond, sigint_removes_the_temporary, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    int o = sub_dir(wfd, "o", 0755);
+    must(mkfifoat(wfd, "slow", 0644), "mkfifo", "slow");
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(work) < 0)
+            _exit(126);
+        execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, "slow", "o/big", (char *)NULL);
+        _exit(127);
+    }
+    int w = openat(wfd, "slow", O_WRONLY | O_CLOEXEC);
+    must(w, "open", "slow");
+    cr_assert_eq(write(w, "some data\n", 10), 10);
+    for (int i = 0; i < 5000 && count_temporaries(o) == 0; i++)
+        usleep(1000);
+    cr_assert_eq(count_temporaries(o), 1, "no temporary appeared");
+    /* While it is written, the new file is the owner's only (cp's rule too). */
+    size_t n;
+    char **names = list_names(o, &n);
+    struct stat tst;
+    cr_assert_eq(fstatat(o, names[0], &tst, AT_SYMLINK_NOFOLLOW), 0);
+    cr_assert_eq(tst.st_mode & 077, 0, "temporary mode %o", tst.st_mode & 07777);
+    free(names[0]);
+    free(names);
+    /* mpcp is blocked reading the fifo: SIGINT must get it out and clean up. */
+    kill(pid, SIGINT);
+    int st;
+    waitpid(pid, &st, 0);
+    close(w);
+    cr_assert(WIFSIGNALED(st) && WTERMSIG(st) == SIGINT, "status 0x%x", st);
+    struct stat fst;
+    cr_assert_neq(fstatat(o, "big", &fst, AT_SYMLINK_NOFOLLOW), 0, "a torn o/big exists");
+    cr_assert_eq(count_temporaries(o), 0, "the temporary was left behind");
+    close(o);
+}
+
+Test(mpcp_beyond, replacement_is_atomic_for_readers, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    put_file(wfd, "new", "new content\n", 0644);
+    put_file(wfd, "dst", "old content\n", 0640);
+    int reader = openat(wfd, "dst", O_RDONLY | O_CLOEXEC);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"new", "dst", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    char buf[64] = "";
+    cr_assert_gt(read(reader, buf, sizeof buf - 1), 0);
+    /* The old inode was never truncated: a reader sees the old file whole. */
+    cr_assert_str_eq(buf, "old content\n");
+    close(reader);
+    same_file_content(wfd, "new", wfd, "dst");
+    struct stat st;
+    fstatat(wfd, "dst", &st, 0);
+    cr_assert_eq(st.st_mode & 07777, 0640, "an existing file keeps its mode, as with cp");
+}
+
+Test(mpcp_beyond, inplace_writes_the_same_inode, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    put_file(wfd, "new", "new\n", 0644);
+    put_file(wfd, "dst", "old old old\n", 0644);
+    struct stat before, after;
+    fstatat(wfd, "dst", &before, 0);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"--inplace", "new", "dst", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    fstatat(wfd, "dst", &after, 0);
+    cr_assert_eq(before.st_ino, after.st_ino);
+    same_file_content(wfd, "new", wfd, "dst");
+}
+
+/* ---- deep trees ---- */
+
+static void check_deep(int root, const char *top, int depth, const char *comp)
+{
+    int fd = openat(root, top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert_geq(fd, 0, "%s: %s", top, strerror(errno));
+    for (int i = 0; i < depth; i++) {
+        int next = openat(fd, comp, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        cr_assert_geq(next, 0, "level %d: %s", i, strerror(errno));
+        close(fd);
+        fd = next;
+    }
+    char buf[16] = "";
+    int leaf = openat(fd, "leaf", O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(leaf, 0, "leaf missing");
+    cr_assert_eq(read(leaf, buf, sizeof buf - 1), 5);
+    cr_assert_str_eq(buf, "deep\n");
+    close(leaf);
+    close(fd);
+}
+
+Test(mpcp_beyond, tree_deeper_than_path_max, .init = setup_work, .fini = teardown_work,
+     .timeout = 60)
+{
+    char comp[201];
+    memset(comp, 'd', 200);
+    comp[200] = '\0';
+    int depth = 40; /* 40 x 201 bytes: about twice PATH_MAX */
+    int fd = sub_dir(wfd, "deep", 0755);
+    for (int i = 0; i < depth; i++) {
+        int next = sub_dir(fd, comp, 0755);
+        close(fd);
+        fd = next;
+    }
+    put_file(fd, "leaf", "deep\n", 0644);
+    close(fd);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-a", "deep", "out", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    check_deep(wfd, "out", depth, comp);
+    /* The same through the worker path: folders resolved from the roots by name. */
+    setenv("MPCP_TASK_RESOLVE", "1", 1);
+    mpcp(&r, (const char *const[]){"-a", "deep", "out2", NULL});
+    unsetenv("MPCP_TASK_RESOLVE");
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    check_deep(wfd, "out2", depth, comp);
+}
+
+/* ---- progress ---- */
+
+/* Runs mpcp with a fifo source held open ~1.3 s so that the bar has time to show. */
+static void slow_run(bool pty, const char *extra, char *out, size_t size, int *status)
+{
+    must(mkfifoat(wfd, "slow", 0644), "mkfifo", "slow");
+    put_file(wfd, "f1", "one\n", 0644);
+    close(sub_dir(wfd, "o", 0755));
+    int master = -1, errp[2] = {-1, -1};
+    pid_t pid;
+    if (pty) {
+        struct winsize ws = {.ws_row = 24, .ws_col = 120};
+        pid = forkpty(&master, NULL, NULL, &ws);
+    } else {
+        cr_assert_eq(pipe2(errp, O_CLOEXEC), 0);
+        pid = fork();
+    }
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (!pty)
+            dup2(errp[1], 2);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 1);
+        if (chdir(work) < 0)
+            _exit(126);
+        if (extra)
+            execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, extra, "slow", "f1", "o", (char *)NULL);
+        execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, "slow", "f1", "o", (char *)NULL);
+        _exit(127);
+    }
+    int rfd = pty ? master : errp[0];
+    if (!pty)
+        close(errp[1]);
+    int w = openat(wfd, "slow", O_WRONLY | O_CLOEXEC);
+    cr_assert_geq(w, 0);
+    cr_assert_eq(write(w, "data\n", 5), 5);
+    usleep(1300 * 1000);
+    close(w);
+    size_t len = 0;
+    for (;;) {
+        struct pollfd pfd = {rfd, POLLIN, 0};
+        if (poll(&pfd, 1, 10000) <= 0)
+            break;
+        ssize_t n = read(rfd, out + len, size - 1 - len);
+        if (n <= 0)
+            break; /* EIO on the pty master once the child is gone */
+        len += (size_t)n;
+    }
+    out[len] = '\0';
+    close(rfd);
+    int st;
+    waitpid(pid, &st, 0);
+    *status = WIFEXITED(st) ? WEXITSTATUS(st) : 128;
+}
+
+Test(mpcp_beyond, progress_bar_on_a_terminal, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    static char out[65536];
+    int status;
+    slow_run(true, NULL, out, sizeof out, &status);
+    cr_assert_eq(status, 0, "%s", out);
+    cr_assert(strchr(out, '%') != NULL, "no percentage in: %s", out);
+    cr_assert(strstr(out, "ETA") != NULL, "no ETA in: %s", out);
+    cr_assert(strstr(out, "/s") != NULL, "no rate in: %s", out);
+    cr_assert(strstr(out, "100.0%") != NULL, "the bar does not end at 100%%: %s", out);
+}
+
+static void assert_no_controls(const char *s)
+{
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++)
+        cr_assert(*p == '\n' || (*p >= 0x20 && *p != 0x7f), "control byte 0x%02x in: %s", *p, s);
+}
+
+Test(mpcp_beyond, no_progress_into_a_pipe, .init = setup_work, .fini = teardown_work, .timeout = 30)
+{
+    static char out[65536];
+    int status;
+    slow_run(false, NULL, out, sizeof out, &status);
+    cr_assert_eq(status, 0, "%s", out);
+    cr_assert_str_empty(out, "stderr should be empty: %s", out);
+}
+
+Test(mpcp_beyond, forced_progress_into_a_pipe_is_plain_lines, .init = setup_work,
+     .fini = teardown_work, .timeout = 30)
+{
+    static char out[65536];
+    int status;
+    slow_run(false, "--progress", out, sizeof out, &status);
+    cr_assert_eq(status, 0, "%s", out);
+    assert_no_controls(out);
+}
+
+/* ---- data paths ---- */
+
+static bool fs_can_clone(int dir)
+{
+    int a = openat(dir, ".clone-a", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    int b = openat(dir, ".clone-b", O_RDWR | O_CREAT | O_CLOEXEC, 0600);
+    cr_assert_eq(write(a, "x", 1), 1);
+    bool ok = ioctl(b, FICLONE, a) == 0;
+    close(a);
+    close(b);
+    unlinkat(dir, ".clone-a", 0);
+    unlinkat(dir, ".clone-b", 0);
+    return ok;
+}
+
+Test(mpcp_beyond, reflink_always_fails_cleanly, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    if (fs_can_clone(wfd))
+        SKIP("this filesystem supports FICLONE");
+    put_file(wfd, "f", "data\n", 0644);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"--reflink=always", "f", "g", NULL});
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "mpcp: failed to clone 'g' from 'f': ") == r.err, "%s", r.err);
+    struct stat st;
+    cr_assert_neq(fstatat(wfd, "g", &st, 0), 0, "a destination was left behind");
+    cr_assert_eq(count_temporaries(wfd), 0);
+}
+
+/* True when the first extent of the file is shared with another file (a reflink). */
+static bool first_extent_shared(int dir, const char *name)
+{
+    int fd = openat(dir, name, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    struct fiemap *map = calloc(1, sizeof *map + sizeof(struct fiemap_extent));
+    cr_assert_not_null(map);
+    map->fm_length = FIEMAP_MAX_OFFSET;
+    map->fm_flags = FIEMAP_FLAG_SYNC;
+    map->fm_extent_count = 1;
+    int rc = ioctl(fd, FS_IOC_FIEMAP, map);
+    close(fd);
+    bool shared = rc == 0 && map->fm_mapped_extents == 1 &&
+                  (map->fm_extents[0].fe_flags & FIEMAP_EXTENT_SHARED);
+    free(map);
+    return shared;
+}
+
+/* Where the machine allows it: a loop-mounted btrfs, where clones work. */
+Test(mpcp_beyond, reflink_on_a_btrfs_image, .init = setup_work, .fini = teardown_work,
+     .timeout = 120)
+{
+    if (system("command -v mkfs.btrfs >/dev/null 2>&1") != 0)
+        SKIP("mkfs.btrfs is not installed (btrfs-progs)");
+    close(sub_dir(wfd, "mnt", 0755));
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && truncate -s 200M img && mkfs.btrfs -q img >/dev/null 2>&1 && "
+             "mount -o loop img mnt 2>/dev/null",
+             work);
+    if (system(cmd) != 0)
+        SKIP("cannot make and loop-mount a btrfs image here");
+    int m = openat(wfd, "mnt", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    write_pattern(m, "f", 3 << 20);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"--reflink=always", "mnt/f", "mnt/always", NULL});
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    mpcp(&r, (const char *const[]){"-a", "mnt/f", "mnt/auto", NULL});
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    mpcp(&r, (const char *const[]){"--reflink=never", "mnt/f", "mnt/never", NULL});
+    cr_expect_eq(r.status, 0, "%s", r.err);
+    bool always = first_extent_shared(m, "always"), autom = first_extent_shared(m, "auto");
+    same_file_content(m, "f", m, "always");
+    same_file_content(m, "f", m, "auto");
+    same_file_content(m, "f", m, "never");
+    close(m);
+    snprintf(cmd, sizeof cmd, "umount %s/mnt", work);
+    cr_expect_eq(system(cmd), 0);
+    cr_assert(always, "--reflink=always did not clone");
+    cr_assert(autom, "--reflink=auto did not clone");
+}
+
+Test(mpcp_beyond, enospc_stops_promptly_and_leaves_no_partial_file, .init = setup_work,
+     .fini = teardown_work, .timeout = 60)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    write_pattern(s, "a-small", 10000);
+    write_pattern(s, "b-big", 3 << 20);
+    for (int i = 0; i < 50; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "c-%02d", i);
+        write_pattern(s, name, 1000);
+    }
+    close(s);
+    close(sub_dir(wfd, "mnt", 0755));
+    char mnt[300];
+    snprintf(mnt, sizeof mnt, "%s/mnt", work);
+    if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") < 0)
+        SKIP("cannot mount a tmpfs here (%s): needs root and CAP_SYS_ADMIN", strerror(errno));
+    int64_t t0 = time(NULL);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-r", "s", "mnt/o", NULL});
+    int64_t took = time(NULL) - t0;
+    int o = openat(wfd, "mnt/o", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    bool partial = false;
+    struct stat st;
+    if (o >= 0) {
+        partial = fstatat(o, "b-big", &st, 0) == 0;
+        cr_expect_eq(count_temporaries(o), 0);
+        close(o);
+    }
+    umount2(mnt, MNT_DETACH);
+    cr_assert_eq(r.status, 1, "%s", r.err);
+    cr_assert(strstr(r.err, "No space left on device") != NULL, "%s", r.err);
+    cr_assert(strstr(r.err, "'mnt/o/b-big'") != NULL, "the message names the file: %s", r.err);
+    cr_assert(!partial, "a partial b-big exists");
+    cr_assert_lt(took, 10);
+}
+
+Test(mpcp_beyond, sparse_file_keeps_its_holes, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    int fd = openat(wfd, "huge", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    cr_assert_eq(pwrite(fd, "start", 5, 0), 5);
+    cr_assert_eq(pwrite(fd, "end", 3, ((off_t)1 << 40) - 3), 3);
+    close(fd);
+    struct run_result r;
+    int64_t t0 = time(NULL);
+    mpcp(&r, (const char *const[]){"--reflink=never", "huge", "copy", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_lt(time(NULL) - t0, 10);
+    struct stat a, b;
+    fstatat(wfd, "huge", &a, 0);
+    fstatat(wfd, "copy", &b, 0);
+    cr_assert_eq(a.st_size, b.st_size);
+    cr_assert_leq(b.st_blocks, a.st_blocks + 16);
+    char buf[8] = "";
+    fd = openat(wfd, "copy", O_RDONLY | O_CLOEXEC);
+    cr_assert_eq(pread(fd, buf, 3, ((off_t)1 << 40) - 3), 3);
+    cr_assert_str_eq(buf, "end");
+    close(fd);
+}
+
+Test(mpcp_beyond, sparse_always_punches_zeros_never_fills, .init = setup_work,
+     .fini = teardown_work, .timeout = 30)
+{
+    int fd = openat(wfd, "zeros", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    static char zero[1 << 20];
+    for (int i = 0; i < 4; i++)
+        cr_assert_eq(write(fd, zero, sizeof zero), (ssize_t)sizeof zero);
+    cr_assert_eq(write(fd, "x", 1), 1);
+    close(fd);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"--sparse=always", "zeros", "punched", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    mpcp(&r, (const char *const[]){"--sparse=never", "punched", "dense", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    struct stat z, p, d;
+    fstatat(wfd, "zeros", &z, 0);
+    fstatat(wfd, "punched", &p, 0);
+    fstatat(wfd, "dense", &d, 0);
+    cr_assert_eq(p.st_size, z.st_size);
+    cr_assert_lt(p.st_blocks, z.st_blocks / 4, "zero runs were not punched");
+    cr_assert_geq(d.st_blocks, z.st_blocks - 8, "--sparse=never left holes");
+    same_file_content(wfd, "zeros", wfd, "punched");
+    same_file_content(wfd, "zeros", wfd, "dense");
+}
+
+Test(mpcp_beyond, proc_file_with_size_zero_is_read, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"/proc/self/status", "status", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    struct stat st;
+    cr_assert_eq(fstatat(wfd, "status", &st, 0), 0);
+    cr_assert_gt(st.st_size, 0);
+}
+
+/* The total of strace -c's summary, and the count for one syscall. */
+static long strace_count(const char *summary, const char *name)
+{
+    char needle[64];
+    snprintf(needle, sizeof needle, " %s\n", name);
+    const char *line = strstr(summary, needle);
+    if (!line)
+        return 0;
+    while (line > summary && line[-1] != '\n')
+        line--;
+    double pct, secs;
+    long usecs, calls;
+    if (sscanf(line, "%lf %lf %ld %ld", &pct, &secs, &usecs, &calls) == 4)
+        return calls;
+    if (sscanf(line, "%lf %lf %ld", &pct, &secs, &calls) == 3) /* "total": no usecs/call */
+        return calls;
+    return 0;
+}
+
+/*
+ * The lean path: about 8 syscalls per small file (stat from the walk, two
+ * openat, copy_file_range, fchmod, two close, renameat), and FICLONE tried
+ * once per filesystem, not once per file.
+ */
+Test(mpcp_beyond, lean_syscalls_per_small_file, .init = setup_work, .fini = teardown_work,
+     .timeout = 60)
+{
+#ifdef UNDER_ASAN
+    SKIP("AddressSanitizer adds its own system calls");
+#endif
+    if (system("strace -V >/dev/null 2>&1") != 0)
+        SKIP("strace is not installed");
+    int s = sub_dir(wfd, "s", 0755);
+    for (int i = 0; i < 500; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "f%d", i);
+        put_file(s, name, "a small file\n", 0644);
+    }
+    close(s);
+    struct run_result r;
+    const char *argv[] = {"strace",        "-f", "-c", "-o", "summary",
+                          MPROC_MPCP_PATH, "-r", "s",  "o",  NULL};
+    run_in(work, false, argv, &r);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    FILE *f = fopen(work_path(work, "summary"), "r");
+    cr_assert_not_null(f);
+    static char summary[65536];
+    summary[fread(summary, 1, sizeof summary - 1, f)] = '\0';
+    fclose(f);
+    long total = strace_count(summary, "total");
+    long ioctls = strace_count(summary, "ioctl");
+    cr_assert_gt(total, 0, "%s", summary);
+    cr_assert_lt(total, 9 * 500, "%ld syscalls for 500 files:\n%s", total, summary);
+    cr_assert_leq(ioctls, 3, "FICLONE retried per file:\n%s", summary);
+}
+
+/* ---- summaries and options beyond cp ---- */
+
+Test(mpcp_beyond, json_and_stats, .init = setup_work, .fini = teardown_work, .timeout = 30)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    write_pattern(s, "a", 100);
+    write_pattern(s, "b", 200);
+    must(symlinkat("a", s, "l"), "symlink", "l");
+    close(s);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-r", "--json", "--stats", "s", "o", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"files\":2,") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\"symlinks\":1,") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\"bytes\":300,") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\"errors\":0,") != NULL, "%s", r.out);
+    cr_assert(strstr(r.err, "mpcp: 2 files, 1 directories, 1 symlinks") == r.err, "%s", r.err);
+}
+
+Test(mpcp_beyond, dry_run_changes_nothing, .init = setup_work, .fini = teardown_work, .timeout = 30)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    write_pattern(s, "a", 100);
+    close(sub_dir(s, "sub", 0755));
+    close(s);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-r", "--dry-run", "s", "o", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    struct stat st;
+    cr_assert_neq(fstatat(wfd, "o", &st, 0), 0, "--dry-run created the destination");
+    cr_assert(strstr(r.out, "'s/a' -> 'o/a'") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "'s/sub' -> 'o/sub'") != NULL, "%s", r.out);
+}
+
+/* The --update forms of coreutils 9.3/9.5, which cp 9.1 here cannot be compared with. */
+Test(mpcp_beyond, update_when_forms, .init = setup_work, .fini = teardown_work, .timeout = 30)
+{
+    put_file(wfd, "src", "new\n", 0644);
+    put_file(wfd, "dst", "old\n", 0644);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"--update=none", "src", "dst", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_str_empty(r.err);
+    mpcp(&r, (const char *const[]){"--update=none-fail", "src", "dst", NULL});
+    cr_assert_eq(r.status, 1);
+    cr_assert_str_eq(r.err, "mpcp: not replacing 'dst'\n");
+    char buf[16] = "";
+    int fd = openat(wfd, "dst", O_RDONLY | O_CLOEXEC);
+    cr_assert_eq(read(fd, buf, sizeof buf - 1), 4);
+    close(fd);
+    cr_assert_str_eq(buf, "old\n");
+    /* dst is newer than src now: older skips it, all does not. */
+    set_mtime(wfd, "src", 1000000000, 0);
+    mpcp(&r, (const char *const[]){"--update=older", "src", "dst", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    fd = openat(wfd, "dst", O_RDONLY | O_CLOEXEC);
+    cr_assert_eq(read(fd, buf, sizeof buf - 1), 4);
+    close(fd);
+    cr_assert_str_eq(buf, "old\n");
+    mpcp(&r, (const char *const[]){"--update=all", "src", "dst", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    same_file_content(wfd, "src", wfd, "dst");
+}
+
+Test(mpcp_beyond, quiet_never_hides_errors, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-q", "-v", "missing", "o", NULL});
+    cr_assert_eq(r.status, 1);
+    cr_assert_str_eq(r.err, "mpcp: cannot stat 'missing': No such file or directory\n");
+    cr_assert_str_empty(r.out);
+}
+
+Test(mpcp_beyond, jobs_are_validated, .init = setup_work, .fini = teardown_work, .timeout = 30)
+{
+    put_file(wfd, "f", "f\n", 0644);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-j", "0", "f", "g", NULL});
+    cr_assert_eq(r.status, 1);
+    cr_assert(strstr(r.err, "mpcp: invalid number of jobs: ") == r.err, "%s", r.err);
+    cr_assert(strstr(r.err, "Try 'mpcp --help' for more information.") != NULL, "%s", r.err);
+    mpcp(&r, (const char *const[]){"-j", "abc", "f", "g", NULL});
+    cr_assert_eq(r.status, 1);
+    mpcp(&r, (const char *const[]){"--jobs=3", "f", "g", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    same_file_content(wfd, "f", wfd, "g");
+}
+
+/* Every option --help lists is in the man page, and the other way round. */
+Test(mpcp_beyond, help_and_man_page_agree, .init = setup_work, .fini = teardown_work, .timeout = 30)
+{
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"--help", NULL});
+    cr_assert_eq(r.status, 0);
+    FILE *f = fopen(MPROC_MPCP_MAN, "r");
+    cr_assert_not_null(f, "%s", MPROC_MPCP_MAN);
+    static char man[65536];
+    size_t n = fread(man, 1, sizeof man - 1, f);
+    man[n] = '\0';
+    fclose(f);
+    int checked = 0;
+    for (const char *p = r.out; (p = strstr(p, "--")) != NULL; p += 2) {
+        char opt[48];
+        size_t len = 0;
+        while (len + 1 < sizeof opt && (p[len] == '-' || (p[len] >= 'a' && p[len] <= 'z')))
+            opt[len] = p[len], len++;
+        opt[len] = '\0';
+        if (len <= 2)
+            continue;
+        /* In roff, a dash in an option is written \- */
+        char roff[96];
+        size_t k = 0;
+        for (size_t i = 0; i < len && k + 2 < sizeof roff; i++) {
+            if (opt[i] == '-')
+                roff[k++] = '\\';
+            roff[k++] = opt[i];
+        }
+        roff[k] = '\0';
+        cr_expect(strstr(man, roff) != NULL, "%s is in --help but not in mpcp.1", opt);
+        checked++;
+    }
+    cr_assert_gt(checked, 25);
+}
+
+Test(mpcp_beyond, jobs_1_and_8_give_identical_trees, .init = setup_work, .fini = teardown_work,
+     .timeout = 60)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    for (int d = 0; d < 10; d++) {
+        char name[32];
+        snprintf(name, sizeof name, "d%d", d);
+        int sub = sub_dir(s, name, 0750);
+        for (int f = 0; f < 30; f++) {
+            snprintf(name, sizeof name, "f%d", f);
+            write_pattern(sub, name, (size_t)(f * 997));
+        }
+        snprintf(name, sizeof name, "link%d", d);
+        must(linkat(sub, "f1", s, name, 0), "link", name);
+        close(sub);
+    }
+    close(s);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-a", "-j", "1", "s", "o1", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    mpcp(&r, (const char *const[]){"-a", "--jobs=8", "s", "o8", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    int a = openat(wfd, "o1", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int b = openat(wfd, "o8", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    compare_trees(a, b, CMP_MTIME | CMP_OWNER);
+    close(a);
+    close(b);
+}
+
+/* Memory follows the work in flight, not the tree: 20,000 files stay in a few MiB. */
+Test(mpcp_beyond, memory_does_not_grow_with_the_tree, .init = setup_work, .fini = teardown_work,
+     .timeout = 120)
+{
+#ifdef UNDER_ASAN
+    SKIP("resident memory is not meaningful under AddressSanitizer");
+#endif
+    int s = sub_dir(wfd, "s", 0755);
+    for (int d = 0; d < 200; d++) {
+        char name[32];
+        snprintf(name, sizeof name, "dir%03d", d);
+        int sub = sub_dir(s, name, 0755);
+        for (int f = 0; f < 100; f++) {
+            snprintf(name, sizeof name, "file-with-a-longish-name-%03d", f);
+            int fd = openat(sub, name, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+            must(fd, "create", name);
+            close(fd);
+        }
+        close(sub);
+    }
+    close(s);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(work) < 0)
+            _exit(126);
+        execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, "-a", "s", "o", (char *)NULL);
+        _exit(127);
+    }
+    int st;
+    struct rusage ru;
+    cr_assert_eq(wait4(pid, &st, 0, &ru), pid);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
+    cr_assert_lt(ru.ru_maxrss, 16 * 1024, "peak resident memory %ld KiB", ru.ru_maxrss);
+}
+
+/* ---- the task format ---- */
+
+Test(mpcp_beyond, task_bytes_round_trip, .timeout = 10)
+{
+    struct mpcp_buf b = {0};
+    struct mpcp_task t = {MPCP_TASK_FOLLOW, 1, 2, "a/b", "c", "src/a/b", "dst/c", 0};
+    cr_assert_eq(mpcp_task_begin(&b, &t), 0);
+    size_t header = b.len;
+    struct mpcp_entry e = {.type = MPCP_T_REG,
+                           .flags = MPCP_E_DEST_NEW,
+                           .name = "file\nname",
+                           .dst_name = "file\nname",
+                           .mode = S_IFREG | 0644,
+                           .size = 1ull << 40,
+                           .mtime_sec = -5,
+                           .mtime_nsec = 999999999,
+                           .link_target = "",
+                           .link_disp = ""};
+    cr_assert_eq(mpcp_task_add(&b, &e), 0);
+    e.type = MPCP_T_HARDLINK;
+    e.dst_name = "other";
+    e.link_target = "c/first";
+    e.link_disp = "dst/c/first";
+    cr_assert_eq(mpcp_task_add(&b, &e), 0);
+    cr_assert_eq(mpcp_task_count(&b), 2);
+
+    struct mpcp_task d;
+    size_t pos;
+    cr_assert_eq(mpcp_task_decode_header(b.data, b.len, &d, &pos), 0);
+    cr_assert_eq(d.count, 2);
+    cr_assert_eq(d.src_root, 1);
+    cr_assert_eq(d.dst_root, 2);
+    cr_assert_str_eq(d.src_dir, "a/b");
+    cr_assert_str_eq(d.dst_disp, "dst/c");
+    struct mpcp_entry x;
+    cr_assert_eq(mpcp_task_decode_entry(b.data, b.len, &pos, &x), 0);
+    cr_assert_str_eq(x.name, "file\nname");
+    cr_assert_str_eq(x.dst_name, "file\nname");
+    cr_assert_eq(x.size, 1ull << 40);
+    cr_assert_eq(x.mtime_sec, -5);
+    cr_assert_eq(x.mtime_nsec, 999999999u);
+    cr_assert_eq(mpcp_task_decode_entry(b.data, b.len, &pos, &x), 0);
+    cr_assert_eq(x.type, MPCP_T_HARDLINK);
+    cr_assert_str_eq(x.dst_name, "other");
+    cr_assert_str_eq(x.link_target, "c/first");
+    cr_assert_eq(pos, b.len);
+
+    /* Every truncation is refused, never read past the end. */
+    for (size_t cut = 0; cut < b.len; cut++) {
+        size_t p2 = 0;
+        struct mpcp_task d2;
+        if (mpcp_task_decode_header(b.data, cut, &d2, &p2) != 0)
+            continue;
+        int bad = 0;
+        for (uint32_t i = 0; i < d2.count && !bad; i++)
+            bad = mpcp_task_decode_entry(b.data, cut, &p2, &x) != 0;
+        cr_assert(bad, "a task cut at %zu bytes decoded", cut);
+    }
+    mpcp_task_truncate(&b, header);
+    cr_assert_eq(mpcp_task_count(&b), 0);
+    cr_assert_eq(b.len, header);
+
+    struct mpcp_buf res = {0};
+    cr_assert_eq(mpcp_result_begin(&res), 0);
+    struct mpcp_result_entry re = {MPCP_FAILED, MPCP_R_STOP, ENOSPC, 123, "error writing 'x'"};
+    cr_assert_eq(mpcp_result_add(&res, &re), 0);
+    uint32_t count;
+    cr_assert_eq(mpcp_result_decode_header(res.data, res.len, &count, &pos), 0);
+    cr_assert_eq(count, 1);
+    struct mpcp_result_entry ro;
+    cr_assert_eq(mpcp_result_decode_entry(res.data, res.len, &pos, &ro), 0);
+    cr_assert_eq(ro.status, MPCP_FAILED);
+    cr_assert_eq(ro.err, ENOSPC);
+    cr_assert_eq(ro.bytes, 123);
+    cr_assert_str_eq(ro.msg, "error writing 'x'");
+    mpcp_buf_free(&b);
+    mpcp_buf_free(&res);
+}

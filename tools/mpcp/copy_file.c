@@ -1,0 +1,289 @@
+/*
+ * copy_file.c: moving a file's bytes by the fastest path the kernel offers:
+ * FICLONE (a reflink, O(extents)), then copy_file_range in steps of at most
+ * 1 GiB (glibc 2.41/2.42 mishandle bigger ranges), then read/write with a
+ * 256 KiB buffer. Holes are kept with SEEK_DATA/SEEK_HOLE as cp does.
+ */
+#define _GNU_SOURCE
+#include "mpcp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/fs.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <unistd.h>
+
+#define CFR_STEP ((size_t)1 << 30)
+/* With a progress display, big files move in smaller steps so the bar moves. */
+#define CFR_STEP_PROGRESS ((size_t)64 << 20)
+
+volatile sig_atomic_t mpcp_interrupted;
+static void (*data_progress)(uint64_t bytes);
+
+void mpcp_set_data_progress(void (*fn)(uint64_t bytes))
+{
+    data_progress = fn;
+}
+
+static void progressed(uint64_t bytes)
+{
+    if (data_progress)
+        data_progress(bytes);
+}
+#define BUF_SIZE ((size_t)256 * 1024)
+
+/*
+ * Filesystems where FICLONE failed in this process. A failure is a property
+ * of the filesystem, so trying again for every file only costs a syscall.
+ */
+static dev_t no_clone_devs[16];
+static unsigned n_no_clone;
+
+static bool clone_known_bad(dev_t dev)
+{
+    for (unsigned i = 0; i < n_no_clone; i++)
+        if (no_clone_devs[i] == dev)
+            return true;
+    return false;
+}
+
+static void remember_no_clone(dev_t dev)
+{
+    if (n_no_clone < sizeof no_clone_devs / sizeof no_clone_devs[0])
+        no_clone_devs[n_no_clone++] = dev;
+}
+
+static unsigned char *io_buffer(void)
+{
+    static unsigned char *buf;
+    if (!buf)
+        buf = malloc(BUF_SIZE);
+    return buf;
+}
+
+/* Errors after which coreutils quietly falls back from copy_file_range to read/write. */
+static bool cfr_fallback_errno(int err)
+{
+    switch (err) {
+    case ENOSYS:
+    case ENOTTY:
+    case EOPNOTSUPP:
+    case EINVAL:
+    case EBADF:
+    case EXDEV:
+    case ETXTBSY:
+    case EPERM:
+    case EACCES:
+    case ENOENT:
+        return true;
+    default:
+        return false;
+    }
+}
+
+static int write_all(int fd, const unsigned char *p, size_t n)
+{
+    while (n > 0) {
+        ssize_t w = write(fd, p, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -errno;
+        }
+        p += w;
+        n -= (size_t)w;
+    }
+    return 0;
+}
+
+static bool all_zero(const unsigned char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (p[i])
+            return false;
+    return true;
+}
+
+/*
+ * read/write from the current offsets, at most limit bytes (or to EOF when
+ * limit < 0). With punch, zero blocks become holes (--sparse=always).
+ */
+static int rw_copy(int src, int dst, off_t limit, bool punch, uint64_t *copied, int *side)
+{
+    unsigned char *buf = io_buffer();
+    if (!buf) {
+        *side = MPCP_SIDE_READ;
+        return -ENOMEM;
+    }
+    while (limit != 0) {
+        if (mpcp_interrupted) {
+            *side = MPCP_SIDE_WRITE;
+            return -EINTR;
+        }
+        size_t want = BUF_SIZE;
+        if (limit > 0 && (off_t)want > limit)
+            want = (size_t)limit;
+        ssize_t n = read(src, buf, want);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            *side = MPCP_SIDE_READ;
+            return -errno;
+        }
+        if (n == 0)
+            break;
+        int rc = 0;
+        if (punch && all_zero(buf, (size_t)n)) {
+            if (lseek(dst, n, SEEK_CUR) < 0)
+                rc = -errno;
+        } else {
+            rc = write_all(dst, buf, (size_t)n);
+        }
+        if (rc) {
+            *side = MPCP_SIDE_WRITE;
+            return rc;
+        }
+        *copied += (uint64_t)n;
+        progressed((uint64_t)n);
+        if (limit > 0)
+            limit -= n;
+    }
+    return 0;
+}
+
+/*
+ * copy_file_range of len bytes from the current offsets. Returns 1 when the
+ * caller should fall back to read/write for what is left.
+ */
+static int cfr_copy(int src, int dst, off_t len, uint64_t *copied, int *side)
+{
+    bool first = true;
+    size_t max_step = data_progress ? CFR_STEP_PROGRESS : CFR_STEP;
+    while (len > 0) {
+        if (mpcp_interrupted) {
+            *side = MPCP_SIDE_WRITE;
+            return -EINTR;
+        }
+        size_t step = (size_t)len < max_step ? (size_t)len : max_step;
+        ssize_t n = copy_file_range(src, NULL, dst, NULL, step, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            if (cfr_fallback_errno(errno))
+                return 1;
+            *side = (errno == ENOSPC || errno == EDQUOT || errno == EFBIG) ? MPCP_SIDE_WRITE
+                                                                           : MPCP_SIDE_READ;
+            return -errno;
+        }
+        /* 0 before any byte: procfs and friends; the data is only readable. */
+        if (n == 0)
+            return first ? 1 : 0;
+        first = false;
+        *copied += (uint64_t)n;
+        progressed((uint64_t)n);
+        len -= n;
+    }
+    return 0;
+}
+
+static int copy_range(int src, int dst, off_t len, bool punch, uint64_t *copied, int *side)
+{
+    uint64_t before = *copied;
+    if (!punch) {
+        int rc = cfr_copy(src, dst, len, copied, side);
+        if (rc <= 0)
+            return rc;
+        /* The offsets moved with what copy_file_range did copy. */
+        len -= (off_t)*copied - (off_t)before;
+    }
+    return rw_copy(src, dst, len, punch, copied, side);
+}
+
+/* Copies data extents only; holes stay holes. The size is set at the end. */
+static int sparse_copy(int src, int dst, off_t size, bool punch, uint64_t *copied, int *side)
+{
+    off_t pos = 0;
+    while (pos < size) {
+        off_t data = lseek(src, pos, SEEK_DATA);
+        if (data < 0) {
+            if (errno == ENXIO)
+                break; /* only a hole is left */
+            *side = MPCP_SIDE_READ;
+            return -errno;
+        }
+        off_t hole = lseek(src, data, SEEK_HOLE);
+        if (hole < 0) {
+            *side = MPCP_SIDE_READ;
+            return -errno;
+        }
+        if (hole > size)
+            hole = size;
+        if (lseek(src, data, SEEK_SET) < 0 || lseek(dst, data, SEEK_SET) < 0) {
+            *side = MPCP_SIDE_WRITE;
+            return -errno;
+        }
+        int rc = copy_range(src, dst, hole - data, punch, copied, side);
+        if (rc)
+            return rc;
+        pos = hole;
+    }
+    if (ftruncate(dst, size) < 0) {
+        *side = MPCP_SIDE_WRITE;
+        return -errno;
+    }
+    return 0;
+}
+
+static int try_clone(const struct mpcp_opts *opt, int src, int dst, dev_t dst_dev, int *side)
+{
+    if (opt->reflink == MPCP_REFLINK_NEVER)
+        return 1;
+    if (opt->reflink == MPCP_REFLINK_AUTO && clone_known_bad(dst_dev))
+        return 1;
+    if (ioctl(dst, FICLONE, src) == 0)
+        return 0;
+    int err = errno;
+    if (opt->reflink == MPCP_REFLINK_ALWAYS) {
+        *side = MPCP_SIDE_CLONE;
+        return -err;
+    }
+    remember_no_clone(dst_dev);
+    return 1;
+}
+
+/*
+ * A file of size 0 by stat may still have data (procfs): one read decides,
+ * so that empty files cost a single syscall.
+ */
+static int copy_unsized(int src, int dst, uint64_t *copied, int *side)
+{
+    return rw_copy(src, dst, -1, false, copied, side);
+}
+
+int mpcp_copy_data(const struct mpcp_opts *opt, int src, int dst, dev_t dst_dev, off_t size,
+                   blkcnt_t blocks, uint64_t *copied, int *side)
+{
+    *copied = 0;
+    if (size == 0)
+        return copy_unsized(src, dst, copied, side);
+    int rc = try_clone(opt, src, dst, dst_dev, side);
+    if (rc <= 0) {
+        if (rc == 0) {
+            *copied = (uint64_t)size;
+            progressed((uint64_t)size);
+        }
+        return rc;
+    }
+    bool holey = blocks * 512 < size;
+    if (opt->sparse == MPCP_SPARSE_ALWAYS)
+        return sparse_copy(src, dst, size, true, copied, side);
+    if (opt->sparse == MPCP_SPARSE_AUTO && holey)
+        return sparse_copy(src, dst, size, false, copied, side);
+    /*
+     * Up to the size the walk saw, without a second call that only finds
+     * EOF: a file that grows meanwhile is copied as it was when listed.
+     */
+    return copy_range(src, dst, size, false, copied, side);
+}

@@ -1,0 +1,837 @@
+/*
+ * executor.c: copies one task, a batch of non-directory entries of one
+ * folder, and says what happened to each entry as result bytes. It needs
+ * nothing from the planner but the task bytes and the root fds, so that a
+ * pool worker can run it: folders are reached from the roots with openat()
+ * one component at a time (no path is ever longer than a name, so trees
+ * deeper than PATH_MAX work) and the last folders are cached.
+ *
+ * Every file is written under a temporary name in its destination folder,
+ * owner-only, gets its metadata on the descriptor, and is renamed onto its
+ * final name only when complete: a killed run leaves no torn file behind.
+ */
+#define _GNU_SOURCE
+#include "mpcp.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#ifndef RENAME_NOREPLACE
+#define RENAME_NOREPLACE (1 << 0)
+#endif
+
+static struct root {
+    int src, dst;
+} * roots;
+static uint32_t n_roots, cap_roots;
+static const struct mpcp_opts *options;
+
+/* The last folder resolved on each side, so that a run of tasks of one folder opens it once. */
+struct dir_cache {
+    uint32_t root;
+    char *path;
+    int fd;
+    dev_t dev;
+};
+static struct dir_cache src_cache = {0, NULL, -1, 0}, dst_cache = {0, NULL, -1, 0};
+
+int mpcp_exec_add_root(int src_fd, int dst_fd, uint32_t *id)
+{
+    /* Operands from one folder into one target share a root. */
+    if (n_roots && roots[n_roots - 1].src == src_fd && roots[n_roots - 1].dst == dst_fd) {
+        *id = n_roots - 1;
+        return 0;
+    }
+    if (n_roots == cap_roots) {
+        uint32_t cap = cap_roots ? cap_roots * 2 : 16;
+        struct root *r = realloc(roots, cap * sizeof *r);
+        if (!r)
+            return -ENOMEM;
+        roots = r;
+        cap_roots = cap;
+    }
+    roots[n_roots].src = src_fd;
+    roots[n_roots].dst = dst_fd;
+    *id = n_roots++;
+    return 0;
+}
+
+void mpcp_exec_set_options(const struct mpcp_opts *opt)
+{
+    options = opt;
+}
+
+static void cache_drop(struct dir_cache *c)
+{
+    if (c->fd >= 0)
+        close(c->fd);
+    free(c->path);
+    c->path = NULL;
+    c->fd = -1;
+}
+
+void mpcp_exec_reset(void)
+{
+    cache_drop(&src_cache);
+    cache_drop(&dst_cache);
+    free(roots);
+    roots = NULL;
+    n_roots = cap_roots = 0;
+}
+
+static unsigned long temp_counter;
+/* Our pid for temporary names, cached (one syscall per file saved); a fork resets it. */
+static pid_t my_pid;
+
+static void forget_pid(void)
+{
+    my_pid = 0;
+}
+
+static pid_t cached_pid(void)
+{
+    static bool registered;
+    if (!registered) {
+        pthread_atfork(NULL, NULL, forget_pid);
+        registered = true;
+    }
+    if (my_pid == 0)
+        my_pid = getpid();
+    return my_pid;
+}
+
+void mpcp_temp_name(char *buf, size_t size, const char *name)
+{
+    char head[64];
+    int n = snprintf(head, sizeof head, ".mpcp-%ld-%lu~", (long)cached_pid(), ++temp_counter);
+    size_t room = NAME_MAX - (size_t)n;
+    snprintf(buf, size, "%s%.*s", head, (int)room, name);
+}
+
+bool mpcp_is_stale_temp(const char *name)
+{
+    if (strncmp(name, ".mpcp-", 6) != 0)
+        return false;
+    char *end = NULL;
+    long pid = strtol(name + 6, &end, 10);
+    if (pid <= 0 || !end || *end != '-')
+        return false;
+    strtoul(end + 1, &end, 10);
+    if (!end || *end != '~')
+        return false;
+    if (pid == (long)cached_pid())
+        return false;
+    return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+}
+
+/* Opens path below root_fd one component at a time. */
+static int open_below(int root_fd, const char *path, bool follow, int *out)
+{
+    int fd = fcntl(root_fd, F_DUPFD_CLOEXEC, 0);
+    if (fd < 0)
+        return -errno;
+    const char *p = path;
+    char comp[NAME_MAX + 1];
+    while (*p) {
+        const char *slash = strchr(p, '/');
+        size_t n = slash ? (size_t)(slash - p) : strlen(p);
+        if (n > NAME_MAX) {
+            close(fd);
+            return -ENAMETOOLONG;
+        }
+        memcpy(comp, p, n);
+        comp[n] = '\0';
+        p += n;
+        while (*p == '/')
+            p++;
+        if (n == 0)
+            continue;
+        int flags = O_PATH | O_DIRECTORY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW);
+        int next = openat(fd, comp, flags);
+        int err = errno;
+        close(fd);
+        if (next < 0)
+            return -err;
+        fd = next;
+    }
+    *out = fd;
+    return 0;
+}
+
+static int cached_dir(struct dir_cache *c, uint32_t root, int root_fd, const char *path,
+                      bool follow, int *fd, dev_t *dev)
+{
+    if (c->fd >= 0 && c->root == root && strcmp(c->path, path) == 0) {
+        *fd = c->fd;
+        *dev = c->dev;
+        return 0;
+    }
+    cache_drop(c);
+    int nfd = -1;
+    int rc = open_below(root_fd, path, follow, &nfd);
+    if (rc || nfd < 0)
+        return rc ? rc : -EBADF;
+    struct stat st;
+    if (fstat(nfd, &st) < 0) {
+        rc = -errno;
+        close(nfd);
+        return rc;
+    }
+    c->path = strdup(path);
+    if (!c->path) {
+        close(nfd);
+        return -ENOMEM;
+    }
+    c->root = root;
+    c->fd = nfd;
+    c->dev = st.st_dev;
+    *fd = nfd;
+    *dev = st.st_dev;
+    return 0;
+}
+
+/* ---- one entry ---- */
+
+struct ectx {
+    const struct mpcp_opts *opt;
+    const struct mpcp_task *task;
+    const struct mpcp_entry *e;
+    int sfd, dfd;
+    dev_t ddev;
+    struct mpcp_result_entry *r;
+    char src_q[PATH_MAX * 2], dst_q[PATH_MAX * 2];
+    char msg[PATH_MAX * 5];
+};
+
+static void display(char *out, size_t size, const char *dir, const char *name, bool top)
+{
+    char path[PATH_MAX * 2];
+    if (top)
+        snprintf(path, sizeof path, "%s", dir);
+    else if (!*dir)
+        snprintf(path, sizeof path, "%s", name);
+    else
+        snprintf(path, sizeof path, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", name);
+    mpcp_quote(out, size, path);
+}
+
+static const char *src_q(struct ectx *x)
+{
+    if (!x->src_q[0])
+        display(x->src_q, sizeof x->src_q, x->task->src_disp, x->e->name,
+                x->task->flags & MPCP_TASK_TOP);
+    return x->src_q;
+}
+
+static const char *dst_q(struct ectx *x)
+{
+    if (!x->dst_q[0])
+        display(x->dst_q, sizeof x->dst_q, x->task->dst_disp, x->e->dst_name,
+                x->task->flags & MPCP_TASK_TOP);
+    return x->dst_q;
+}
+
+static bool stops_run(int err)
+{
+    return err == ENOSPC || err == EDQUOT || (err == EINTR && mpcp_interrupted);
+}
+
+/* Records a failure: tmpl's %s are filled with the (quoted) names a and b. */
+static void fail(struct ectx *x, int err, const char *tmpl, const char *a, const char *b)
+{
+    mpcp_format(x->msg, sizeof x->msg, tmpl, a, b);
+    x->r->status = MPCP_FAILED;
+    x->r->err = err;
+    x->r->msg = x->msg;
+    if (stops_run(err))
+        x->r->flags |= MPCP_R_STOP;
+}
+
+static void skip(struct ectx *x)
+{
+    x->r->status = MPCP_SKIPPED;
+}
+
+static bool dst_newer_or_same(const struct mpcp_entry *e, const struct stat *d)
+{
+    if (d->st_mtim.tv_sec != e->mtime_sec)
+        return d->st_mtim.tv_sec > e->mtime_sec;
+    return d->st_mtim.tv_nsec >= (long)e->mtime_nsec;
+}
+
+enum { GO, STOP_HERE, THROUGH_LINK };
+
+/*
+ * What to do with an existing destination, as cp decides it. Returns GO,
+ * STOP_HERE (failed or skipped, already recorded) or THROUGH_LINK (the
+ * destination is a symlink to a regular file that cp would write through).
+ */
+static int check_existing(struct ectx *x, const struct stat *d)
+{
+    const struct mpcp_entry *e = x->e;
+    const struct mpcp_opts *opt = x->opt;
+    if (S_ISDIR(d->st_mode)) {
+        fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    if (opt->update == MPCP_UPDATE_NONE) {
+        skip(x);
+        return STOP_HERE;
+    }
+    if (opt->update == MPCP_UPDATE_NONE_FAIL) {
+        fail(x, 0, "not replacing %s", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(e, d)) {
+        skip(x);
+        return STOP_HERE;
+    }
+    if (e->type != MPCP_T_REG)
+        return GO;
+    if (d->st_dev == e->dev && d->st_ino == e->ino) {
+        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
+        return STOP_HERE;
+    }
+    if (!S_ISLNK(d->st_mode))
+        return GO;
+    struct stat t;
+    if (fstatat(x->dfd, e->dst_name, &t, 0) < 0) {
+        if (opt->force && unlinkat(x->dfd, e->dst_name, 0) == 0)
+            return GO;
+        x->r->flags |= MPCP_R_ATTEMPTED;
+        fail(x, 0, "not writing through dangling symlink %s", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    if (t.st_dev == e->dev && t.st_ino == e->ino) {
+        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
+        return STOP_HERE;
+    }
+    if (S_ISDIR(t.st_mode)) {
+        fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    return THROUGH_LINK;
+}
+
+/* Stats the destination unless its folder is new. *exists tells. Returns GO or STOP_HERE. */
+static int look_at_dest(struct ectx *x, struct stat *d, bool *exists, bool *through)
+{
+    *exists = false;
+    *through = false;
+    x->r->flags |= MPCP_R_ATTEMPTED;
+    if (x->e->flags & MPCP_E_DEST_NEW)
+        return GO;
+    if (fstatat(x->dfd, x->e->dst_name, d, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (errno == ENOENT)
+            return GO;
+        x->r->flags &= ~MPCP_R_ATTEMPTED;
+        fail(x, errno, "cannot stat %s", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    *exists = true;
+    x->r->flags &= ~MPCP_R_ATTEMPTED;
+    int rc = check_existing(x, d);
+    if (rc == THROUGH_LINK) {
+        *through = true;
+        rc = GO;
+    }
+    if (rc == GO)
+        x->r->flags |= MPCP_R_ATTEMPTED;
+    return rc;
+}
+
+/* Puts the temporary in place; a no-clobber run never replaces what appeared meanwhile. */
+static int commit(struct ectx *x, const char *tmp)
+{
+    const char *name = x->e->dst_name;
+    bool noreplace = x->opt->update == MPCP_UPDATE_NONE || x->opt->update == MPCP_UPDATE_NONE_FAIL;
+    if (!noreplace) {
+        if (renameat(x->dfd, tmp, x->dfd, name) == 0)
+            return 0;
+        return -errno;
+    }
+    if (renameat2(x->dfd, tmp, x->dfd, name, RENAME_NOREPLACE) == 0)
+        return 0;
+    int err = errno;
+    if (err == EINVAL || err == ENOSYS) {
+        /* No RENAME_NOREPLACE here: link() also refuses to replace. */
+        if (linkat(x->dfd, tmp, x->dfd, name, 0) < 0)
+            return -errno;
+        unlinkat(x->dfd, tmp, 0);
+        return 0;
+    }
+    return -err;
+}
+
+static void commit_or_fail(struct ectx *x, const char *tmp, const char *what)
+{
+    int rc = commit(x, tmp);
+    if (rc == 0)
+        return;
+    unlinkat(x->dfd, tmp, 0);
+    if (rc == -EEXIST) {
+        if (x->opt->update == MPCP_UPDATE_NONE_FAIL)
+            fail(x, 0, "not replacing %s", dst_q(x), NULL);
+        else
+            skip(x);
+        return;
+    }
+    fail(x, -rc, what, dst_q(x), NULL);
+}
+
+static bool is_root(void)
+{
+    static int root = -1;
+    if (root < 0)
+        root = geteuid() == 0;
+    return root;
+}
+
+/* Times, owner, xattrs, mode on the new file's descriptor, in cp's order. */
+static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const struct stat *d,
+                         bool created)
+{
+    const struct mpcp_opts *opt = x->opt;
+    const struct mpcp_entry *e = x->e;
+    if (opt->p_time) {
+        struct timespec ts[2] = {{e->atime_sec, e->atime_nsec}, {e->mtime_sec, e->mtime_nsec}};
+        if (futimens(fd, ts) < 0) {
+            fail(x, errno, "preserving times for %s", dst_q(x), NULL);
+            return -1;
+        }
+    }
+    bool owner_failed = false;
+    if (opt->p_owner && fchown(fd, e->uid, e->gid) < 0) {
+        if (is_root() || (errno != EPERM && errno != EINVAL)) {
+            fail(x, errno, "failed to preserve ownership for %s", dst_q(x), NULL);
+            return -1;
+        }
+        /* Not ours to give away: the group alone may do, as cp tries. */
+        int saved = errno;
+        if (fchown(fd, (uid_t)-1, e->gid) < 0)
+            errno = saved;
+        owner_failed = true;
+    } else if (!opt->p_owner && exists && created && is_root() &&
+               (d->st_uid != 0 || d->st_gid != getegid())) {
+        /* cp rewrites an existing file in place: it keeps its owner. So does our replacement. */
+        if (fchown(fd, d->st_uid, d->st_gid) < 0) {
+            fail(x, errno, "failed to preserve ownership for %s", dst_q(x), NULL);
+            return -1;
+        }
+    }
+    if (opt->p_xattr && sfd >= 0) {
+        int rc = mpcp_copy_xattrs(sfd, fd, opt->p_xattr_quiet);
+        if (rc < 0) {
+            fail(x, -rc, "setting attributes for %s", dst_q(x), NULL);
+            return -1;
+        }
+    }
+    mode_t mode;
+    if (!created && !opt->p_mode)
+        return 0; /* written in place: the file keeps its mode, as with cp */
+    if (exists && created && !opt->p_mode)
+        mode = d->st_mode & 07777;
+    else
+        mode = mpcp_new_file_mode(opt, e->mode, owner_failed);
+    if (created && mode == (0600 & ~opt->umask) && !(mode & ~0777))
+        return 0;
+    if (fchmod(fd, mode) < 0) {
+        fail(x, errno, "setting permissions for %s", dst_q(x), NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static int open_source(struct ectx *x)
+{
+    int flags = O_RDONLY | O_CLOEXEC | O_NOCTTY;
+    if (!(x->e->flags & MPCP_E_FOLLOW))
+        flags |= O_NOFOLLOW;
+    int fd = openat(x->sfd, x->e->name, flags);
+    if (fd < 0)
+        fail(x, errno, "cannot open %s for reading", src_q(x), NULL);
+    return fd;
+}
+
+/* Opens the file to write: a new temporary, or the file itself (in place). */
+static int open_dest(struct ectx *x, bool exists, bool through, char *tmp, size_t tmp_size)
+{
+    int fd;
+    tmp[0] = '\0';
+    if (through) {
+        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+    } else if (x->opt->inplace && exists) {
+        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
+    } else if (x->opt->inplace) {
+        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    } else {
+        mpcp_temp_name(tmp, tmp_size, x->e->dst_name);
+        fd = openat(x->dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    }
+    if (fd < 0) {
+        fail(x, errno, "cannot create regular file %s", dst_q(x), NULL);
+        tmp[0] = '\0';
+    }
+    return fd;
+}
+
+static void data_failed(struct ectx *x, int err, int side)
+{
+    if (side == MPCP_SIDE_CLONE)
+        fail(x, err, "failed to clone %s from %s", dst_q(x), src_q(x));
+    else if (side == MPCP_SIDE_WRITE)
+        fail(x, err, "error writing %s", dst_q(x), NULL);
+    else
+        fail(x, err, "error reading %s", src_q(x), NULL);
+}
+
+/*
+ * cp refuses to replace a file it may not write, unless -f: then it removes
+ * it and makes a new one (*forced_new: it gets a new file's mode and owner).
+ */
+static int writable_check(struct ectx *x, bool exists, const struct stat *d, bool *forced_new)
+{
+    *forced_new = false;
+    if (!exists || is_root() || S_ISLNK(d->st_mode))
+        return GO;
+    if (faccessat(x->dfd, x->e->dst_name, W_OK, AT_EACCESS) == 0)
+        return GO;
+    if (x->opt->force) {
+        *forced_new = true;
+        return GO;
+    }
+    fail(x, errno, "cannot create regular file %s", dst_q(x), NULL);
+    return STOP_HERE;
+}
+
+static void exec_reg(struct ectx *x)
+{
+    struct stat d;
+    bool exists, through, forced_new;
+    if (look_at_dest(x, &d, &exists, &through) != GO ||
+        writable_check(x, exists, &d, &forced_new) != GO)
+        return;
+    if (forced_new && x->opt->inplace && unlinkat(x->dfd, x->e->dst_name, 0) < 0) {
+        fail(x, errno, "cannot remove %s", dst_q(x), NULL);
+        return;
+    }
+    if (forced_new)
+        exists = false;
+    int sfd = open_source(x);
+    if (sfd < 0)
+        return;
+    if (exists && !through && x->opt->p_links && d.st_nlink > 1)
+        x->r->flags |= MPCP_R_REPLACED;
+    char tmp[NAME_MAX + 1];
+    int fd = open_dest(x, exists, through, tmp, sizeof tmp);
+    if (fd < 0) {
+        close(sfd);
+        return;
+    }
+    uint64_t copied = 0;
+    int side = MPCP_SIDE_READ;
+    int rc = mpcp_copy_data(x->opt, sfd, fd, x->ddev, (off_t)x->e->size, (blkcnt_t)x->e->blocks,
+                            &copied, &side);
+    x->r->bytes = copied;
+    bool created = tmp[0] || (x->opt->inplace && !exists);
+    if (rc < 0)
+        data_failed(x, -rc, side);
+    else
+        rc = file_metadata(x, sfd, fd, exists, &d, created);
+    close(sfd);
+    if (close(fd) < 0 && rc == 0) {
+        fail(x, errno, "failed to close %s", dst_q(x), NULL);
+        rc = -1;
+    }
+    if (!tmp[0])
+        return;
+    if (rc != 0) {
+        unlinkat(x->dfd, tmp, 0);
+        return;
+    }
+    commit_or_fail(x, tmp, "cannot create regular file %s");
+}
+
+/* Metadata for what has no useful descriptor (symlinks, device nodes), by name. */
+static int node_metadata(struct ectx *x, const char *tmp, bool is_link)
+{
+    const struct mpcp_opts *opt = x->opt;
+    const struct mpcp_entry *e = x->e;
+    if (opt->p_time) {
+        struct timespec ts[2] = {{e->atime_sec, e->atime_nsec}, {e->mtime_sec, e->mtime_nsec}};
+        if (utimensat(x->dfd, tmp, ts, AT_SYMLINK_NOFOLLOW) < 0) {
+            fail(x, errno, "preserving times for %s", dst_q(x), NULL);
+            return -1;
+        }
+    }
+    bool owner_failed = false;
+    if (opt->p_owner && fchownat(x->dfd, tmp, e->uid, e->gid, AT_SYMLINK_NOFOLLOW) < 0) {
+        if (is_root() || (errno != EPERM && errno != EINVAL)) {
+            fail(x, errno, "failed to preserve ownership for %s", dst_q(x), NULL);
+            return -1;
+        }
+        owner_failed = true;
+    }
+    if (is_link)
+        return 0;
+    mode_t mode = mpcp_new_file_mode(opt, e->mode, owner_failed);
+    if (fchmodat(x->dfd, tmp, mode, 0) < 0) {
+        fail(x, errno, "setting permissions for %s", dst_q(x), NULL);
+        return -1;
+    }
+    return 0;
+}
+
+static char *read_link(struct ectx *x)
+{
+    size_t cap = x->e->size ? (size_t)x->e->size + 1 : PATH_MAX;
+    for (;;) {
+        char *buf = malloc(cap);
+        if (!buf) {
+            fail(x, ENOMEM, "cannot read symbolic link %s", src_q(x), NULL);
+            return NULL;
+        }
+        ssize_t n = readlinkat(x->sfd, x->e->name, buf, cap);
+        if (n < 0) {
+            fail(x, errno, "cannot read symbolic link %s", src_q(x), NULL);
+            free(buf);
+            return NULL;
+        }
+        if ((size_t)n < cap) {
+            buf[n] = '\0';
+            return buf;
+        }
+        free(buf);
+        cap *= 2;
+    }
+}
+
+static void exec_symlink(struct ectx *x)
+{
+    struct stat d;
+    bool exists, through;
+    if (look_at_dest(x, &d, &exists, &through) != GO)
+        return;
+    char *target = read_link(x);
+    if (!target)
+        return;
+    if (exists && x->opt->deref == MPCP_DEREF_NEVER)
+        x->r->flags |= MPCP_R_REPLACED;
+    char tmp[NAME_MAX + 1];
+    mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
+    int rc = symlinkat(target, x->dfd, tmp);
+    x->r->bytes = 0;
+    free(target);
+    if (rc < 0) {
+        fail(x, errno, "cannot create symbolic link %s", dst_q(x), NULL);
+        return;
+    }
+    if (node_metadata(x, tmp, true) < 0) {
+        unlinkat(x->dfd, tmp, 0);
+        return;
+    }
+    commit_or_fail(x, tmp, "cannot create symbolic link %s");
+}
+
+static void exec_special(struct ectx *x)
+{
+    struct stat d;
+    bool exists, through;
+    if (look_at_dest(x, &d, &exists, &through) != GO)
+        return;
+    if (exists && x->opt->deref == MPCP_DEREF_NEVER)
+        x->r->flags |= MPCP_R_REPLACED;
+    char tmp[NAME_MAX + 1];
+    mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
+    mode_t type = x->e->mode & S_IFMT;
+    const char *what =
+        x->e->type == MPCP_T_FIFO ? "cannot create fifo %s" : "cannot create special file %s";
+    if (mknodat(x->dfd, tmp, type | 0600, (dev_t)x->e->rdev) < 0) {
+        fail(x, errno, what, dst_q(x), NULL);
+        return;
+    }
+    if (node_metadata(x, tmp, false) < 0) {
+        unlinkat(x->dfd, tmp, 0);
+        return;
+    }
+    commit_or_fail(x, tmp, what);
+}
+
+static int open_link_dir(struct ectx *x, const char **base)
+{
+    const char *path = x->e->link_target;
+    const char *slash = strrchr(path, '/');
+    *base = slash ? slash + 1 : path;
+    size_t n = slash ? (size_t)(slash - path) : 0;
+    char *dir = strndup(path, n);
+    if (!dir)
+        return -ENOMEM;
+    int fd = -1;
+    /* rdev carries the root of the first copy: a link group may span operands. */
+    uint64_t root = x->e->rdev;
+    int rc = root < n_roots ? open_below(roots[root].dst, dir, false, &fd) : -EBADMSG;
+    free(dir);
+    return rc ? rc : fd;
+}
+
+static void exec_reg_copy(struct ectx *x);
+
+static void exec_hardlink(struct ectx *x)
+{
+    const char *base;
+    int tdir = open_link_dir(x, &base);
+    char link_q[PATH_MAX * 2];
+    mpcp_quote(link_q, sizeof link_q, x->e->link_disp);
+    if (tdir < 0) {
+        fail(x, -tdir, "cannot create hard link %s to %s", dst_q(x), link_q);
+        return;
+    }
+    struct stat d, t;
+    bool exists = false;
+    if (!(x->e->flags & MPCP_E_DEST_NEW) &&
+        fstatat(x->dfd, x->e->dst_name, &d, AT_SYMLINK_NOFOLLOW) == 0) {
+        exists = true;
+        /* A rerun: the link is already there (rename would silently do nothing). */
+        if (fstatat(tdir, base, &t, AT_SYMLINK_NOFOLLOW) == 0 && t.st_dev == d.st_dev &&
+            t.st_ino == d.st_ino) {
+            close(tdir);
+            return;
+        }
+    }
+    if (exists && check_existing(x, &d) == STOP_HERE) {
+        close(tdir);
+        return;
+    }
+    x->r->flags |= MPCP_R_ATTEMPTED;
+    char tmp[NAME_MAX + 1];
+    mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
+    int rc = linkat(tdir, base, x->dfd, tmp, 0);
+    int err = errno;
+    close(tdir);
+    if (rc < 0 && err == EMLINK && x->e->mode && S_ISREG(x->e->mode)) {
+        /* The link count is full: a copy of the data is the next best thing. */
+        exec_reg_copy(x);
+        return;
+    }
+    if (rc < 0) {
+        fail(x, err, "cannot create hard link %s to %s", dst_q(x), link_q);
+        return;
+    }
+    commit_or_fail(x, tmp, "cannot create hard link %s");
+}
+
+static void exec_reg_copy(struct ectx *x)
+{
+    struct mpcp_entry copy = *x->e;
+    copy.type = MPCP_T_REG;
+    x->e = &copy;
+    exec_reg(x);
+    x->e = NULL;
+}
+
+static void exec_entry(struct ectx *x)
+{
+    switch (x->e->type) {
+    case MPCP_T_REG:
+        exec_reg(x);
+        break;
+    case MPCP_T_LNK:
+        exec_symlink(x);
+        break;
+    case MPCP_T_HARDLINK:
+        exec_hardlink(x);
+        break;
+    default:
+        exec_special(x);
+        break;
+    }
+}
+
+static int resolve_dirs(const struct mpcp_task *t, int hint_src, int hint_dst, int *sfd, int *dfd,
+                        dev_t *ddev, int *failed_side)
+{
+    if (t->src_root >= n_roots || t->dst_root >= n_roots)
+        return -EBADMSG;
+    if (hint_src >= 0 && hint_dst >= 0) {
+        struct stat st;
+        if (fstat(hint_dst, &st) < 0)
+            return -errno;
+        *sfd = hint_src;
+        *dfd = hint_dst;
+        *ddev = st.st_dev;
+        return 0;
+    }
+    dev_t sdev;
+    *failed_side = 0;
+    int rc = cached_dir(&src_cache, t->src_root, roots[t->src_root].src, t->src_dir,
+                        t->flags & MPCP_TASK_FOLLOW, sfd, &sdev);
+    if (rc)
+        return rc;
+    *failed_side = 1;
+    return cached_dir(&dst_cache, t->dst_root, roots[t->dst_root].dst, t->dst_dir, false, dfd,
+                      ddev);
+}
+
+int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_dst,
+                  struct mpcp_buf *result)
+{
+    struct mpcp_task t;
+    size_t pos;
+    int rc = mpcp_task_decode_header(task, len, &t, &pos);
+    if (rc)
+        return rc;
+    rc = mpcp_result_begin(result);
+    if (rc)
+        return rc;
+    int sfd = -1, dfd = -1, side = 0;
+    dev_t ddev = 0;
+    int dir_rc = resolve_dirs(&t, hint_src, hint_dst, &sfd, &dfd, &ddev, &side);
+    if (dir_rc == -EBADMSG)
+        return dir_rc;
+    struct ectx *x = malloc(sizeof *x);
+    if (!x)
+        return -ENOMEM;
+    bool stop = false;
+    for (uint32_t i = 0; i < t.count && !stop; i++) {
+        struct mpcp_entry e;
+        rc = mpcp_task_decode_entry(task, len, &pos, &e);
+        if (rc)
+            break;
+        struct mpcp_result_entry r = {MPCP_OK, 0, 0, 0, ""};
+        x->opt = options;
+        x->task = &t;
+        x->e = &e;
+        x->sfd = sfd;
+        x->dfd = dfd;
+        x->ddev = ddev;
+        x->r = &r;
+        x->src_q[0] = x->dst_q[0] = '\0';
+        if (mpcp_interrupted) {
+            r.status = MPCP_FAILED;
+            r.err = EINTR;
+            r.flags = MPCP_R_STOP;
+        } else if (dir_rc) {
+            char q[PATH_MAX * 2];
+            mpcp_quote(q, sizeof q, side ? t.dst_disp : t.src_disp);
+            fail(x, -dir_rc, "cannot access %s", q, NULL);
+        } else if (options->dry_run) {
+            /* nothing is written */
+        } else {
+            exec_entry(x);
+        }
+        stop = r.flags & MPCP_R_STOP;
+        rc = mpcp_result_add(result, &r);
+        if (rc)
+            break;
+    }
+    free(x);
+    return rc;
+}

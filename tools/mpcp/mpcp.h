@@ -1,0 +1,239 @@
+/*
+ * mpcp.h: what the parts of mpcp share. The planner (walk.c) walks the
+ * source tree and makes directories; it hands batches of non-directory
+ * entries of one directory to the executor (executor.c) as flat byte buffers
+ * (task.c), so that the same batches can later be shipped to pool workers.
+ */
+#ifndef MPCP_H
+#define MPCP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+
+/* ---- options (options.c) ---- */
+
+enum mpcp_deref { MPCP_DEREF_UNSET, MPCP_DEREF_NEVER, MPCP_DEREF_ALWAYS, MPCP_DEREF_CMDLINE };
+enum mpcp_update { MPCP_UPDATE_ALL, MPCP_UPDATE_NONE, MPCP_UPDATE_NONE_FAIL, MPCP_UPDATE_OLDER };
+enum mpcp_reflink { MPCP_REFLINK_AUTO, MPCP_REFLINK_ALWAYS, MPCP_REFLINK_NEVER };
+enum mpcp_sparse { MPCP_SPARSE_AUTO, MPCP_SPARSE_ALWAYS, MPCP_SPARSE_NEVER };
+enum mpcp_progress_mode { MPCP_PROGRESS_AUTO, MPCP_PROGRESS_ON, MPCP_PROGRESS_OFF };
+
+struct mpcp_opts {
+    bool recursive;
+    int deref; /* enum mpcp_deref, resolved by options_parse() */
+    bool p_mode, p_owner, p_time, p_links, p_xattr;
+    bool no_p_mode;     /* --no-preserve=mode given: new files get 0666 & ~umask */
+    bool p_xattr_quiet; /* xattr asked by -a/all: unsupported targets are not errors */
+    bool p_context;     /* --preserve=context: refused, there is no SELinux support */
+    bool no_target_dir;
+    const char *target_dir;
+    int update; /* enum mpcp_update; -n maps to NONE */
+    bool force, verbose, one_fs, stats, json, dry_run, quiet, inplace;
+    int reflink, sparse, progress;
+    int jobs;
+    char **operands;
+    int n_operands;
+    mode_t umask; /* the process umask, read once */
+};
+
+/* Parses argv. Returns -1 to continue, or an exit status (help, version, usage error). */
+int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv);
+
+/* ---- messages (report.c) ---- */
+
+/* Appends cp's shell-escape-always quoting of name to buf (at most size-1 bytes). */
+size_t mpcp_quote(char *buf, size_t size, const char *name);
+
+/*
+ * Writes tmpl to out with its first and second "%s" replaced by a and b (no
+ * other conversions): messages are built from fixed templates this way, so
+ * that no format string is ever variable.
+ */
+void mpcp_format(char *out, size_t size, const char *tmpl, const char *a, const char *b);
+
+/* Prints "mpcp: " + msg (+ ": " + the text of errno err, if err) + newline to stderr. */
+void mpcp_error(int err, const char *msg);
+
+/* Counters of a run, for --stats and --json. */
+struct mpcp_stats {
+    uint64_t files, dirs, symlinks, hardlinks, specials, skipped, errors;
+    uint64_t bytes;
+    uint64_t files_total, bytes_total;
+    double seconds;
+};
+
+void mpcp_report_summary(const struct mpcp_opts *opt, const struct mpcp_stats *st);
+
+/* ---- progress (progress.c) ---- */
+
+struct mpcp_progress;
+/*
+ * Starts the progress display if wanted; *out is NULL when there is none.
+ * A thread counts the sources' files and bytes for the total meanwhile.
+ */
+void mpcp_progress_start(struct mpcp_progress **out, const struct mpcp_opts *opt);
+void mpcp_progress_add(struct mpcp_progress *p, uint64_t files, uint64_t bytes);
+/* Called before anything else writes to stderr: erases the bar. */
+void mpcp_progress_clear(struct mpcp_progress *p);
+void mpcp_progress_stop(struct mpcp_progress **p);
+/* A file that was skipped: its bytes leave the total, so the ETA stays honest. */
+void mpcp_progress_skip(struct mpcp_progress *p, uint64_t bytes);
+
+/* ---- metadata (metadata.c) ---- */
+
+/* Copies extended attributes from src to dst (fds). Returns 0 or -errno. */
+int mpcp_copy_xattrs(int src_fd, int dst_fd, bool quiet_unsupported);
+
+/*
+ * The mode a new file or folder gets under cp's rules, given the source mode
+ * and whether keeping the owner was asked for and failed. Existing
+ * destinations keep their mode unless --preserve=mode.
+ */
+mode_t mpcp_new_file_mode(const struct mpcp_opts *opt, mode_t src_mode, bool owner_failed);
+
+/* ---- file data (copy_file.c) ---- */
+
+#include <signal.h>
+
+/*
+ * Set by main's SIGINT/SIGTERM/SIGHUP handler to the signal's number: the
+ * copy loops and the executor stop at the next step, unlinking the
+ * temporary they were writing, and main re-raises the signal.
+ */
+extern volatile sig_atomic_t mpcp_interrupted;
+
+/* Optional: called with each chunk of bytes written (in-process progress of big files). */
+void mpcp_set_data_progress(void (*fn)(uint64_t bytes));
+
+enum mpcp_data_side { MPCP_SIDE_READ, MPCP_SIDE_WRITE, MPCP_SIDE_CLONE };
+
+/*
+ * Copies the data of src_fd (size and blocks from the walk's stat) to dst_fd
+ * (empty, freshly created or truncated). On failure returns -errno and sets
+ * *side. *copied gets the bytes written.
+ */
+int mpcp_copy_data(const struct mpcp_opts *opt, int src_fd, int dst_fd, dev_t dst_dev, off_t size,
+                   blkcnt_t blocks, uint64_t *copied, int *side);
+
+/* ---- tasks (task.c): the byte format between planner and executor ---- */
+
+enum mpcp_entry_type {
+    MPCP_T_REG = 1,
+    MPCP_T_LNK = 2,
+    MPCP_T_FIFO = 3,
+    MPCP_T_SOCK = 4,
+    MPCP_T_CHR = 5,
+    MPCP_T_BLK = 6,
+    MPCP_T_HARDLINK = 7, /* link to an earlier copy; link_target set */
+};
+
+/* Entry flags. */
+#define MPCP_E_DEST_NEW 0x1u /* the destination folder is new: skip the existence check */
+#define MPCP_E_FOLLOW   0x2u /* open the source following a symlink (-L, -H operand) */
+#define MPCP_E_LEADER   0x4u /* first of a hard-link group: its result matters to later links */
+
+/* Task flags. */
+#define MPCP_TASK_TOP    0x1u /* the entry is an operand: display paths are the dir strings */
+#define MPCP_TASK_FOLLOW 0x2u /* resolve src_dir following symlinks (-L, -H) */
+
+struct mpcp_entry {
+    uint8_t type;
+    uint8_t flags;
+    const char *name;     /* source name in the source folder */
+    const char *dst_name; /* destination name; equals name unless renamed */
+    uint32_t mode, uid, gid;
+    uint64_t size, blocks, dev, ino;
+    uint64_t rdev; /* devices: the device; MPCP_T_HARDLINK: the root index of link_target */
+    int64_t atime_sec, mtime_sec;
+    uint32_t atime_nsec, mtime_nsec;
+    const char *link_target; /* MPCP_T_HARDLINK: path from the destination root */
+    const char *link_disp;   /* MPCP_T_HARDLINK: how messages name that path */
+};
+
+struct mpcp_task {
+    uint32_t flags;
+    uint32_t src_root, dst_root;     /* indexes into the executor's root table */
+    const char *src_dir, *dst_dir;   /* "" or relative paths from the roots */
+    const char *src_disp, *dst_disp; /* how messages name the folders */
+    uint32_t count;
+};
+
+/* Growing byte buffer. */
+struct mpcp_buf {
+    unsigned char *data;
+    size_t len, cap;
+};
+int mpcp_buf_put(struct mpcp_buf *b, const void *p, size_t n);
+void mpcp_buf_free(struct mpcp_buf *b);
+
+/* Starts a task buffer (header); entries are appended with mpcp_task_add(). */
+int mpcp_task_begin(struct mpcp_buf *b, const struct mpcp_task *t);
+int mpcp_task_add(struct mpcp_buf *b, const struct mpcp_entry *e);
+/* Drops the entries of a task buffer, keeping its header (header_len bytes). */
+void mpcp_task_truncate(struct mpcp_buf *b, size_t header_len);
+/* Entry count of a task buffer being built. */
+uint32_t mpcp_task_count(const struct mpcp_buf *b);
+
+/*
+ * Decoding. The pointers in *t and *e point into the buffer. Returns 0 or
+ * -EBADMSG. *pos is the cursor after the header/entry.
+ */
+int mpcp_task_decode_header(const unsigned char *p, size_t len, struct mpcp_task *t, size_t *pos);
+int mpcp_task_decode_entry(const unsigned char *p, size_t len, size_t *pos, struct mpcp_entry *e);
+
+/* Per-entry outcome. */
+enum mpcp_status { MPCP_OK = 0, MPCP_SKIPPED = 1, MPCP_FAILED = 2 };
+#define MPCP_R_STOP      0x1u /* out of space or quota: the run must stop */
+#define MPCP_R_REPLACED  0x2u /* an existing destination was removed first (cp -v says so) */
+#define MPCP_R_ATTEMPTED 0x4u /* past cp's checks: cp -v names it even if it then failed */
+
+struct mpcp_result_entry {
+    uint8_t status;
+    uint8_t flags;
+    int32_t err; /* errno of the failure, 0 if none */
+    uint64_t bytes;
+    const char *msg; /* full diagnostic line without the "mpcp: " prefix; "" if none */
+};
+
+int mpcp_result_begin(struct mpcp_buf *b);
+int mpcp_result_add(struct mpcp_buf *b, const struct mpcp_result_entry *r);
+int mpcp_result_decode_header(const unsigned char *p, size_t len, uint32_t *count, size_t *pos);
+int mpcp_result_decode_entry(const unsigned char *p, size_t len, size_t *pos,
+                             struct mpcp_result_entry *r);
+
+/* ---- executor (executor.c) ---- */
+
+/*
+ * The roots every task is relative to: inherited directory fds, the same
+ * numbers in the planner and in every worker.
+ */
+int mpcp_exec_add_root(int src_fd, int dst_fd, uint32_t *id);
+void mpcp_exec_set_options(const struct mpcp_opts *opt);
+
+/*
+ * Runs one task: copies every entry of task (bytes) and appends one result
+ * per entry, in order, to result (a fresh buffer). hint_src/hint_dst are
+ * open fds of the task's folders when the caller has them, or -1 to resolve
+ * them from the roots component by component (what a worker does).
+ * Returns 0, or -EBADMSG/-ENOMEM when the task could not be run at all.
+ */
+int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_dst,
+                  struct mpcp_buf *result);
+
+/* Closes the executor's cached folder fds. */
+void mpcp_exec_reset(void);
+
+/* The temporary name for a final name: ".mpcp-<pid>-<n>~name", cut to NAME_MAX. */
+void mpcp_temp_name(char *buf, size_t size, const char *name);
+/* True if name is one of our temporaries left by a process that is gone. */
+bool mpcp_is_stale_temp(const char *name);
+
+/* ---- planner (walk.c) ---- */
+
+/* Copies every operand; returns the exit status. */
+int mpcp_run(struct mpcp_opts *opt);
+
+#endif

@@ -1,0 +1,397 @@
+/*
+ * options.c: mpcp's command line, GNU cp's wherever cp has the option, with
+ * cp's messages for usage errors (so scripts that parse them keep working).
+ */
+#define _GNU_SOURCE
+#include "mpcp.h"
+
+#include <mproc.h>
+
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Kept in step with mpcp.1: same options, same wording. */
+static const char help_text[] =
+    "Usage: mpcp [OPTION]... [-T] SOURCE DEST\n"
+    "  or:  mpcp [OPTION]... SOURCE... DIRECTORY\n"
+    "  or:  mpcp [OPTION]... -t DIRECTORY SOURCE...\n"
+    "Copy SOURCE to DEST, or multiple SOURCE(s) to DIRECTORY, as GNU cp does,\n"
+    "writing each file atomically (temporary name, then rename).\n"
+    "\n"
+    "Mandatory arguments to long options are mandatory for short options too.\n"
+    "  -a, --archive                same as -dR --preserve=all\n"
+    "  -d                           same as --no-dereference --preserve=links\n"
+    "  -f, --force                  replace destinations that cannot be written\n"
+    "  -H                           follow command-line symbolic links in SOURCE\n"
+    "  -L, --dereference            always follow symbolic links in SOURCE\n"
+    "  -n, --no-clobber             do not overwrite an existing file\n"
+    "  -P, --no-dereference         never follow symbolic links in SOURCE\n"
+    "  -p                           same as --preserve=mode,ownership,timestamps\n"
+    "      --preserve[=ATTR_LIST]   preserve the specified attributes\n"
+    "                                 (default: mode,ownership,timestamps);\n"
+    "                                 also links, xattr, context (refused: no\n"
+    "                                 SELinux support), all\n"
+    "      --no-preserve=ATTR_LIST  don't preserve the specified attributes\n"
+    "  -R, -r, --recursive          copy directories recursively\n"
+    "      --reflink[=WHEN]         control clone/CoW copies: auto (default),\n"
+    "                                 always, never\n"
+    "      --sparse=WHEN            control creation of sparse files: auto\n"
+    "                                 (default), always, never\n"
+    "  -t, --target-directory=DIRECTORY  copy all SOURCE arguments into DIRECTORY\n"
+    "  -T, --no-target-directory    treat DEST as a normal file\n"
+    "      --update[=UPDATE]        control which existing files are updated:\n"
+    "                                 all, none, none-fail, older (default)\n"
+    "  -u                           equivalent to --update[=older]\n"
+    "  -v, --verbose                explain what is being done\n"
+    "  -x, --one-file-system        stay on this file system\n"
+    "\n"
+    "Beyond cp:\n"
+    "  -j, --jobs=N                 copy with N worker processes\n"
+    "                                 (default: the usable CPUs)\n"
+    "      --progress               show a progress bar on stderr\n"
+    "      --no-progress            never show a progress bar\n"
+    "                                 (default: a bar when stderr is a terminal)\n"
+    "      --stats                  print a summary at the end\n"
+    "      --json                   print the summary as JSON on stdout\n"
+    "      --dry-run                show what would be copied; change nothing\n"
+    "  -q, --quiet                  print nothing but errors\n"
+    "      --inplace                write existing files in place, not atomically\n"
+    "      --help                   display this help and exit\n"
+    "      --version                output version information and exit\n"
+    "\n"
+    "Exit status: 0 if everything was copied, 1 otherwise.\n";
+
+enum {
+    OPT_PRESERVE = 256,
+    OPT_NO_PRESERVE,
+    OPT_REFLINK,
+    OPT_SPARSE,
+    OPT_UPDATE,
+    OPT_PROGRESS,
+    OPT_NO_PROGRESS,
+    OPT_STATS,
+    OPT_JSON,
+    OPT_DRY_RUN,
+    OPT_INPLACE,
+    OPT_HELP,
+    OPT_VERSION,
+};
+
+static const struct option long_options[] = {
+    {"archive", no_argument, NULL, 'a'},
+    {"force", no_argument, NULL, 'f'},
+    {"dereference", no_argument, NULL, 'L'},
+    {"no-clobber", no_argument, NULL, 'n'},
+    {"no-dereference", no_argument, NULL, 'P'},
+    {"preserve", optional_argument, NULL, OPT_PRESERVE},
+    {"no-preserve", required_argument, NULL, OPT_NO_PRESERVE},
+    {"recursive", no_argument, NULL, 'R'},
+    {"reflink", optional_argument, NULL, OPT_REFLINK},
+    {"sparse", required_argument, NULL, OPT_SPARSE},
+    {"target-directory", required_argument, NULL, 't'},
+    {"no-target-directory", no_argument, NULL, 'T'},
+    {"update", optional_argument, NULL, OPT_UPDATE},
+    {"verbose", no_argument, NULL, 'v'},
+    {"one-file-system", no_argument, NULL, 'x'},
+    {"jobs", required_argument, NULL, 'j'},
+    {"progress", no_argument, NULL, OPT_PROGRESS},
+    {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+    {"stats", no_argument, NULL, OPT_STATS},
+    {"json", no_argument, NULL, OPT_JSON},
+    {"dry-run", no_argument, NULL, OPT_DRY_RUN},
+    {"quiet", no_argument, NULL, 'q'},
+    {"inplace", no_argument, NULL, OPT_INPLACE},
+    {"help", no_argument, NULL, OPT_HELP},
+    {"version", no_argument, NULL, OPT_VERSION},
+    {NULL, 0, NULL, 0},
+};
+
+static int usage_error(void)
+{
+    fputs("Try 'mpcp --help' for more information.\n", stderr);
+    return 1;
+}
+
+/* cp's argmatch failure: the bad value, the valid ones, the hint. */
+static int invalid_argument(const char *value, const char *option, const char *const *valid)
+{
+    fprintf(stderr, "mpcp: invalid argument \u2018%s\u2019 for \u2018%s\u2019\n", value, option);
+    fputs("Valid arguments are:\n", stderr);
+    for (const char *const *v = valid; *v; v++)
+        fprintf(stderr, "  - \u2018%s\u2019\n", *v);
+    return usage_error();
+}
+
+/* Returns the index of value in list, or -1. */
+static int match(const char *value, const char *const *list)
+{
+    for (int i = 0; list[i]; i++)
+        if (strcmp(value, list[i]) == 0)
+            return i;
+    return -1;
+}
+
+static const char *const preserve_words[] = {"mode",    "timestamps", "ownership", "links",
+                                             "context", "xattr",      "all",       NULL};
+
+static void set_preserve(struct mpcp_opts *opt, int which, bool on)
+{
+    switch (which) {
+    case 0:
+        opt->p_mode = on;
+        opt->no_p_mode = !on;
+        break;
+    case 1:
+        opt->p_time = on;
+        break;
+    case 2:
+        opt->p_owner = on;
+        break;
+    case 3:
+        opt->p_links = on;
+        break;
+    case 4: /* context: only asked for explicitly it is an error, as with cp (no SELinux) */
+        opt->p_context = on;
+        break;
+    case 5:
+        opt->p_xattr = on;
+        opt->p_xattr_quiet = false;
+        break;
+    default: /* all */
+        opt->p_mode = opt->p_time = opt->p_owner = opt->p_links = opt->p_xattr = on;
+        opt->no_p_mode = !on;
+        opt->p_xattr_quiet = on;
+        break;
+    }
+}
+
+/* Parses "mode,links,..." for --preserve or --no-preserve. */
+static int parse_preserve(struct mpcp_opts *opt, const char *list, bool on, const char *option)
+{
+    char *copy = strdup(list);
+    if (!copy)
+        return 1;
+    int rc = -1;
+    char *save = NULL;
+    for (char *word = strtok_r(copy, ",", &save); word; word = strtok_r(NULL, ",", &save)) {
+        int which = match(word, preserve_words);
+        if (which < 0) {
+            rc = invalid_argument(word, option, preserve_words);
+            break;
+        }
+        set_preserve(opt, which, on);
+    }
+    free(copy);
+    return rc;
+}
+
+static int parse_jobs(struct mpcp_opts *opt, const char *arg)
+{
+    char *end = NULL;
+    errno = 0;
+    long n = strtol(arg, &end, 10);
+    if (errno || end == arg || *end || n < 1 || n > 4096) {
+        fprintf(stderr, "mpcp: invalid number of jobs: \u2018%s\u2019\n", arg);
+        return usage_error();
+    }
+    opt->jobs = (int)n;
+    return -1;
+}
+
+static int parse_enum(int *out, const char *arg, const char *option, const char *const *words)
+{
+    int which = match(arg, words);
+    if (which < 0)
+        return invalid_argument(arg, option, words);
+    *out = which;
+    return -1;
+}
+
+static void set_archive(struct mpcp_opts *opt)
+{
+    opt->deref = MPCP_DEREF_NEVER;
+    opt->recursive = true;
+    set_preserve(opt, 6, true);
+}
+
+static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
+{
+    static const char *const reflink_words[] = {"auto", "always", "never", NULL};
+    static const char *const sparse_words[] = {"auto", "always", "never", NULL};
+    static const char *const update_words[] = {"all", "none", "none-fail", "older", NULL};
+    switch (c) {
+    case OPT_PRESERVE:
+        if (!arg) {
+            opt->p_mode = opt->p_owner = opt->p_time = true;
+            opt->no_p_mode = false;
+            return -1;
+        }
+        return parse_preserve(opt, arg, true, "--preserve");
+    case OPT_NO_PRESERVE:
+        return parse_preserve(opt, arg, false, "--no-preserve");
+    case OPT_REFLINK:
+        if (!arg) {
+            opt->reflink = MPCP_REFLINK_ALWAYS;
+            return -1;
+        }
+        return parse_enum(&opt->reflink, arg, "--reflink", reflink_words);
+    case OPT_SPARSE:
+        return parse_enum(&opt->sparse, arg, "--sparse", sparse_words);
+    case OPT_UPDATE:
+        if (!arg) {
+            opt->update = MPCP_UPDATE_OLDER;
+            return -1;
+        }
+        return parse_enum(&opt->update, arg, "--update", update_words);
+    case OPT_PROGRESS:
+        opt->progress = MPCP_PROGRESS_ON;
+        return -1;
+    case OPT_NO_PROGRESS:
+        opt->progress = MPCP_PROGRESS_OFF;
+        return -1;
+    case OPT_STATS:
+        opt->stats = true;
+        return -1;
+    case OPT_JSON:
+        opt->json = true;
+        return -1;
+    case OPT_DRY_RUN:
+        opt->dry_run = true;
+        return -1;
+    case OPT_INPLACE:
+        opt->inplace = true;
+        return -1;
+    case OPT_HELP:
+        fputs(help_text, stdout);
+        return 0;
+    case OPT_VERSION:
+        printf("mpcp (mproc) %s\n", mproc_version_string());
+        return 0;
+    default:
+        return usage_error();
+    }
+}
+
+static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
+{
+    switch (c) {
+    case 'a':
+        set_archive(opt);
+        return -1;
+    case 'd':
+        opt->deref = MPCP_DEREF_NEVER;
+        opt->p_links = true;
+        return -1;
+    case 'f':
+        opt->force = true;
+        return -1;
+    case 'H':
+        opt->deref = MPCP_DEREF_CMDLINE;
+        return -1;
+    case 'L':
+        opt->deref = MPCP_DEREF_ALWAYS;
+        return -1;
+    case 'n':
+        opt->update = MPCP_UPDATE_NONE;
+        return -1;
+    case 'P':
+        opt->deref = MPCP_DEREF_NEVER;
+        return -1;
+    case 'p':
+        opt->p_mode = opt->p_owner = opt->p_time = true;
+        opt->no_p_mode = false;
+        return -1;
+    case 'r':
+    case 'R':
+        opt->recursive = true;
+        return -1;
+    case 't':
+        if (opt->target_dir) {
+            fputs("mpcp: multiple target directories specified\n", stderr);
+            return usage_error();
+        }
+        opt->target_dir = arg;
+        return -1;
+    case 'T':
+        opt->no_target_dir = true;
+        return -1;
+    case 'u':
+        opt->update = MPCP_UPDATE_OLDER;
+        return -1;
+    case 'v':
+        opt->verbose = true;
+        return -1;
+    case 'x':
+        opt->one_fs = true;
+        return -1;
+    case 'j':
+        return parse_jobs(opt, arg);
+    case 'q':
+        opt->quiet = true;
+        return -1;
+    default:
+        return parse_long(opt, c, arg);
+    }
+}
+
+static int check_operands(struct mpcp_opts *opt)
+{
+    if (opt->target_dir && opt->no_target_dir) {
+        fputs("mpcp: cannot combine --target-directory (-t) and --no-target-directory (-T)\n",
+              stderr);
+        return usage_error();
+    }
+    if (opt->n_operands == 0) {
+        fputs("mpcp: missing file operand\n", stderr);
+        return usage_error();
+    }
+    if (!opt->target_dir && opt->n_operands == 1) {
+        char q[PATH_MAX + 64];
+        mpcp_quote(q, sizeof q, opt->operands[0]);
+        fprintf(stderr, "mpcp: missing destination file operand after %s\n", q);
+        return usage_error();
+    }
+    if (opt->no_target_dir && opt->n_operands > 2) {
+        char q[PATH_MAX + 64];
+        mpcp_quote(q, sizeof q, opt->operands[2]);
+        fprintf(stderr, "mpcp: extra operand %s\n", q);
+        return usage_error();
+    }
+    if (opt->sparse != MPCP_SPARSE_AUTO && opt->reflink == MPCP_REFLINK_ALWAYS) {
+        fputs("mpcp: --reflink can be used only with --sparse=auto\n", stderr);
+        return usage_error();
+    }
+    return -1;
+}
+
+int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv)
+{
+    memset(opt, 0, sizeof *opt);
+    opt->jobs = 0;
+    /* getopt names the program by argv[0]; cp's messages say "cp:", ours "mpcp:". */
+    argv[0] = (char *)"mpcp";
+    int c;
+    while ((c = getopt_long(argc, argv, "adfHLnPpRrt:Tuvxj:q", long_options, NULL)) != -1) {
+        int rc = parse_short(opt, c, optarg);
+        if (rc >= 0)
+            return rc;
+    }
+    opt->operands = argv + optind;
+    opt->n_operands = argc - optind;
+    if (opt->deref == MPCP_DEREF_UNSET)
+        opt->deref = opt->recursive ? MPCP_DEREF_NEVER : MPCP_DEREF_ALWAYS;
+    if (opt->jobs == 0 && mproc_cpu_count(&opt->jobs) < 0)
+        opt->jobs = 1;
+    mode_t old = umask(0);
+    umask(old);
+    opt->umask = old;
+    if (opt->p_context) {
+        fputs("mpcp: cannot preserve security context without an SELinux-enabled kernel\n", stderr);
+        return 1;
+    }
+    return check_operands(opt);
+}

@@ -1,0 +1,1195 @@
+/*
+ * walk.c: the planner. It resolves the operands as cp does, walks each
+ * source tree depth-first with descriptors (openat O_NOFOLLOW|O_DIRECTORY,
+ * fstatat, readdir on fdopendir), creates the destination folders, and
+ * hands the other entries of each folder to the executor in batches (task
+ * bytes). A folder's metadata is applied after all its children, as cp
+ * does, so that a read-only or dated folder is written into first.
+ *
+ * Memory follows the work in flight: one batch, the names of the subfolders
+ * of the folders on the current path, and the hard-link table (only files
+ * with more than one link, as cp keeps it).
+ */
+#define _GNU_SOURCE
+#include "mpcp.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+
+#define BATCH_ENTRIES 256
+#define BATCH_BYTES   ((uint64_t)64 << 20)
+
+struct str {
+    char *s;
+    size_t len, cap;
+};
+
+/* A hard-link group's first copy: where it went. */
+struct link_slot {
+    dev_t dev;
+    ino_t ino;
+    uint32_t root;
+    char *path; /* from the destination root; NULL: empty slot */
+    char *disp;
+};
+
+struct planner {
+    struct mpcp_opts *opt;
+    struct mpcp_stats st;
+    struct mpcp_progress *prog;
+    int status;
+    bool stop;
+    uint32_t root;
+    dev_t root_dev;
+    struct str src_rel, dst_rel, src_disp, dst_disp;
+    struct mpcp_buf task, result;
+    size_t task_header; /* bytes of the current batch's header */
+    uint64_t batch_bytes;
+    int batch_sfd, batch_dfd;
+    struct {
+        dev_t dev;
+        ino_t ino;
+    } * anc;
+    size_t n_anc, cap_anc;
+    struct link_slot *links;
+    size_t n_links, cap_links;
+    /* Top-level destinations this run made in a target folder (cp's "just-created" check). */
+    struct made {
+        dev_t ddev, sdev;
+        ino_t dino, sino;
+    } * made;
+    size_t n_made, cap_made;
+    bool track_made;
+    uint64_t bytes_seen; /* of the entry being copied, already shown by the progress */
+};
+
+/* The planner of this process, for the data-progress callback. */
+static struct planner *current;
+
+static void on_data(uint64_t bytes)
+{
+    current->bytes_seen += bytes;
+    mpcp_progress_add(current->prog, 0, bytes);
+}
+
+/* ---- small strings ---- */
+
+static int str_reserve(struct str *s, size_t need)
+{
+    if (need <= s->cap)
+        return 0;
+    size_t cap = s->cap ? s->cap : 256;
+    while (cap < need)
+        cap *= 2;
+    char *p = realloc(s->s, cap);
+    if (!p)
+        return -ENOMEM;
+    s->s = p;
+    s->cap = cap;
+    return 0;
+}
+
+static int str_set(struct str *s, const char *v)
+{
+    size_t n = strlen(v);
+    if (str_reserve(s, n + 1) < 0)
+        return -ENOMEM;
+    snprintf(s->s, n + 1, "%s", v);
+    s->len = n;
+    return 0;
+}
+
+/* Appends "/name" (no slash after an empty string or one ending in '/'). Returns the old length. */
+static size_t str_push(struct str *s, const char *name)
+{
+    size_t old = s->len;
+    size_t n = strlen(name);
+    bool slash = s->len > 0 && s->s[s->len - 1] != '/';
+    if (str_reserve(s, s->len + n + 2) < 0)
+        return old;
+    snprintf(s->s + s->len, n + 2, "%s%s", slash ? "/" : "", name);
+    s->len += n + (slash ? 1 : 0);
+    return old;
+}
+
+static void str_pop(struct str *s, size_t old)
+{
+    s->len = old;
+    s->s[old] = '\0';
+}
+
+/* Reports an error: tmpl's %s are the names a and b, quoted as cp quotes them. */
+static void say(struct planner *p, int err, const char *tmpl, const char *a, const char *b)
+{
+    char qa[PATH_MAX * 2] = "", qb[PATH_MAX * 2] = "";
+    if (a)
+        mpcp_quote(qa, sizeof qa, a);
+    if (b)
+        mpcp_quote(qb, sizeof qb, b);
+    char line[PATH_MAX * 5];
+    mpcp_format(line, sizeof line, tmpl, qa, qb);
+    mpcp_progress_clear(p->prog);
+    mpcp_error(err, line);
+    p->status = 1;
+    p->st.errors++;
+    if (err == ENOSPC || err == EDQUOT)
+        p->stop = true;
+}
+
+static void warn(struct planner *p, const char *tmpl, const char *a)
+{
+    char qa[PATH_MAX * 2], line[PATH_MAX * 3];
+    mpcp_quote(qa, sizeof qa, a);
+    mpcp_format(line, sizeof line, tmpl, qa, NULL);
+    mpcp_progress_clear(p->prog);
+    mpcp_error(0, line);
+}
+
+static char *join(const char *dir, const char *name)
+{
+    size_t a = strlen(dir), size = a + strlen(name) + 2;
+    char *s = malloc(size);
+    if (!s)
+        return NULL;
+    bool slash = a && dir[a - 1] != '/';
+    snprintf(s, size, "%s%s%s", dir, slash ? "/" : "", name);
+    return s;
+}
+
+/* ---- hard links ---- */
+
+static size_t link_hash(dev_t dev, ino_t ino, size_t cap)
+{
+    uint64_t h = (uint64_t)ino * 0x9E3779B97F4A7C15ull ^ (uint64_t)dev * 0xC2B2AE3D27D4EB4Full;
+    return (size_t)(h >> 17) & (cap - 1);
+}
+
+static struct link_slot *link_find(struct planner *p, dev_t dev, ino_t ino)
+{
+    if (!p->cap_links)
+        return NULL;
+    for (size_t i = link_hash(dev, ino, p->cap_links);; i = (i + 1) & (p->cap_links - 1)) {
+        struct link_slot *s = &p->links[i];
+        if (!s->path && !s->disp)
+            return NULL;
+        if (s->dev == dev && s->ino == ino)
+            return s;
+    }
+}
+
+static int link_grow(struct planner *p)
+{
+    size_t cap = p->cap_links ? p->cap_links * 2 : 1024;
+    struct link_slot *old = p->links;
+    size_t old_cap = p->cap_links;
+    p->links = calloc(cap, sizeof *p->links);
+    if (!p->links) {
+        p->links = old;
+        return -ENOMEM;
+    }
+    p->cap_links = cap;
+    for (size_t i = 0; i < old_cap; i++) {
+        if (!old[i].path && !old[i].disp)
+            continue;
+        size_t j = link_hash(old[i].dev, old[i].ino, cap);
+        while (p->links[j].path || p->links[j].disp)
+            j = (j + 1) & (cap - 1);
+        p->links[j] = old[i];
+    }
+    free(old);
+    return 0;
+}
+
+static void link_add(struct planner *p, dev_t dev, ino_t ino, const char *path, const char *disp)
+{
+    if ((p->n_links + 1) * 2 > p->cap_links && link_grow(p) < 0)
+        return;
+    size_t i = link_hash(dev, ino, p->cap_links);
+    while (p->links[i].path || p->links[i].disp)
+        i = (i + 1) & (p->cap_links - 1);
+    struct link_slot *s = &p->links[i];
+    s->dev = dev;
+    s->ino = ino;
+    s->root = p->root;
+    s->path = strdup(path);
+    s->disp = strdup(disp);
+    p->n_links++;
+}
+
+/* ---- batches ---- */
+
+static uint8_t entry_type(mode_t mode, bool recursive)
+{
+    if (S_ISLNK(mode))
+        return MPCP_T_LNK;
+    if (S_ISREG(mode) || !recursive)
+        return MPCP_T_REG; /* cp without -R reads devices and fifos as files */
+    if (S_ISFIFO(mode))
+        return MPCP_T_FIFO;
+    if (S_ISSOCK(mode))
+        return MPCP_T_SOCK;
+    if (S_ISCHR(mode))
+        return MPCP_T_CHR;
+    return MPCP_T_BLK;
+}
+
+static void begin_batch(struct planner *p, uint32_t flags, int sfd, int dfd)
+{
+    struct mpcp_task t = {0};
+    t.flags = flags;
+    if (p->opt->deref != MPCP_DEREF_NEVER)
+        t.flags |= MPCP_TASK_FOLLOW;
+    t.src_root = t.dst_root = p->root;
+    bool top = flags & MPCP_TASK_TOP;
+    t.src_dir = top ? "" : p->src_rel.s;
+    t.dst_dir = top ? "" : p->dst_rel.s;
+    t.src_disp = p->src_disp.s;
+    t.dst_disp = p->dst_disp.s;
+    mpcp_task_begin(&p->task, &t);
+    p->task_header = p->task.len;
+    p->batch_bytes = 0;
+    p->batch_sfd = sfd;
+    p->batch_dfd = dfd;
+}
+
+static void count_ok(struct planner *p, const struct mpcp_entry *e, uint64_t bytes)
+{
+    switch (e->type) {
+    case MPCP_T_REG:
+        p->st.files++;
+        break;
+    case MPCP_T_LNK:
+        p->st.symlinks++;
+        break;
+    case MPCP_T_HARDLINK:
+        p->st.hardlinks++;
+        break;
+    default:
+        p->st.specials++;
+        break;
+    }
+    p->st.bytes += bytes;
+}
+
+static void entry_paths(const struct mpcp_task *t, const struct mpcp_entry *e, char **src,
+                        char **dst)
+{
+    if (t->flags & MPCP_TASK_TOP) {
+        *src = strdup(t->src_disp);
+        *dst = strdup(t->dst_disp);
+        return;
+    }
+    *src = join(t->src_disp, e->name);
+    *dst = join(t->dst_disp, e->dst_name);
+}
+
+static void print_verbose(struct planner *p, const char *src, const char *dst)
+{
+    char qs[PATH_MAX * 2], qd[PATH_MAX * 2];
+    mpcp_quote(qs, sizeof qs, src);
+    mpcp_quote(qd, sizeof qd, dst);
+    mpcp_progress_clear(p->prog);
+    printf("%s -> %s\n", qs, qd);
+}
+
+static void forget_leader(struct planner *p, const struct mpcp_entry *e)
+{
+    struct link_slot *s = link_find(p, (dev_t)e->dev, (ino_t)e->ino);
+    if (s && s->path) {
+        free(s->path);
+        s->path = NULL; /* a tombstone: disp stays non-NULL so probing goes on */
+    }
+}
+
+static void print_entry(struct planner *p, const struct mpcp_task *t, const struct mpcp_entry *e,
+                        const struct mpcp_result_entry *r)
+{
+    char *src, *dst;
+    entry_paths(t, e, &src, &dst);
+    if (dst && (r->flags & MPCP_R_REPLACED)) {
+        char q[PATH_MAX * 2];
+        mpcp_quote(q, sizeof q, dst);
+        mpcp_progress_clear(p->prog);
+        printf("removed %s\n", q);
+    }
+    if (src && dst)
+        print_verbose(p, src, dst);
+    free(src);
+    free(dst);
+}
+
+static void handle_result(struct planner *p, const struct mpcp_task *t, const struct mpcp_entry *e,
+                          const struct mpcp_result_entry *r)
+{
+    bool talk = (p->opt->verbose || p->opt->dry_run) && !p->opt->quiet;
+    /* cp -v names what it attempts, before it knows whether it works. */
+    if (talk && (r->status == MPCP_OK || (r->flags & MPCP_R_ATTEMPTED)))
+        print_entry(p, t, e, r);
+    /* Bytes of big files were counted as they went (on_data). */
+    uint64_t unseen = r->bytes > p->bytes_seen ? r->bytes - p->bytes_seen : 0;
+    p->bytes_seen = 0;
+    if (r->status == MPCP_OK) {
+        count_ok(p, e, r->bytes);
+        mpcp_progress_add(p->prog, 1, unseen);
+        return;
+    }
+    mpcp_progress_add(p->prog, 1, 0);
+    if (r->status == MPCP_SKIPPED) {
+        p->st.skipped++;
+        mpcp_progress_skip(p->prog, e->type == MPCP_T_REG ? e->size : 0);
+        return;
+    }
+    if (e->flags & MPCP_E_LEADER)
+        forget_leader(p, e);
+    if (r->err == EINTR && mpcp_interrupted) {
+        /* Interrupted: the temporary is gone; main re-raises the signal. */
+        p->status = 1;
+        p->stop = true;
+        return;
+    }
+    if (talk)
+        fflush(stdout); /* the arrow line comes before its error, as with cp */
+    mpcp_progress_clear(p->prog);
+    mpcp_error(r->err, r->msg);
+    p->status = 1;
+    p->st.errors++;
+    if (r->flags & MPCP_R_STOP)
+        p->stop = true;
+}
+
+/* Empties the batch but keeps its header: the folder's next entries follow. */
+static void batch_reset(struct planner *p)
+{
+    mpcp_task_truncate(&p->task, p->task_header);
+    p->batch_bytes = 0;
+}
+
+/* --dry-run: every planned entry is reported as if it had been copied. */
+static void flush_dry(struct planner *p)
+{
+    struct mpcp_task t;
+    size_t pos;
+    if (mpcp_task_decode_header(p->task.data, p->task.len, &t, &pos) == 0) {
+        for (uint32_t i = 0; i < t.count; i++) {
+            struct mpcp_entry e;
+            if (mpcp_task_decode_entry(p->task.data, p->task.len, &pos, &e))
+                break;
+            struct mpcp_result_entry r = {MPCP_OK, 0, 0, e.type == MPCP_T_REG ? e.size : 0, ""};
+            handle_result(p, &t, &e, &r);
+        }
+    }
+    batch_reset(p);
+}
+
+static void flush(struct planner *p)
+{
+    uint32_t n = mpcp_task_count(&p->task);
+    if (n == 0)
+        return;
+    if (p->opt->dry_run) {
+        flush_dry(p);
+        return;
+    }
+    /* Workers reach folders from the roots; here the planner's fds save the lookups. */
+    static int resolve = -1;
+    if (resolve < 0)
+        resolve = getenv("MPCP_TASK_RESOLVE") != NULL;
+    int rc = mpcp_exec_run(p->task.data, p->task.len, resolve ? -1 : p->batch_sfd,
+                           resolve ? -1 : p->batch_dfd, &p->result);
+    struct mpcp_task t;
+    size_t tpos, rpos;
+    uint32_t rcount = 0;
+    if (rc || mpcp_task_decode_header(p->task.data, p->task.len, &t, &tpos) ||
+        mpcp_result_decode_header(p->result.data, p->result.len, &rcount, &rpos)) {
+        say(p, rc ? -rc : EBADMSG, "internal error running a task", NULL, NULL);
+        batch_reset(p);
+        return;
+    }
+    for (uint32_t i = 0; i < rcount; i++) {
+        struct mpcp_entry e;
+        struct mpcp_result_entry r;
+        if (mpcp_task_decode_entry(p->task.data, p->task.len, &tpos, &e) ||
+            mpcp_result_decode_entry(p->result.data, p->result.len, &rpos, &r))
+            break;
+        handle_result(p, &t, &e, &r);
+    }
+    batch_reset(p);
+}
+
+static void fill_entry(struct mpcp_entry *e, const struct stat *st)
+{
+    e->mode = st->st_mode;
+    e->uid = st->st_uid;
+    e->gid = st->st_gid;
+    e->size = (uint64_t)st->st_size;
+    e->blocks = (uint64_t)st->st_blocks;
+    e->dev = st->st_dev;
+    e->ino = st->st_ino;
+    e->rdev = st->st_rdev;
+    e->atime_sec = st->st_atim.tv_sec;
+    e->atime_nsec = (uint32_t)st->st_atim.tv_nsec;
+    e->mtime_sec = st->st_mtim.tv_sec;
+    e->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
+}
+
+/* Fills the hard-link fields: a later member links to the first copy. */
+static void plan_links(struct planner *p, struct mpcp_entry *e, const struct stat *st,
+                       char **to_free)
+{
+    *to_free = NULL;
+    if (!p->opt->p_links || S_ISDIR(st->st_mode) || st->st_nlink < 2)
+        return;
+    struct link_slot *s = link_find(p, st->st_dev, st->st_ino);
+    if (s && s->path) {
+        e->type = MPCP_T_HARDLINK;
+        e->link_target = s->path;
+        e->link_disp = s->disp;
+        e->rdev = s->root;
+        return;
+    }
+    char *path = join(p->dst_rel.s, e->dst_name);
+    char *disp = join(p->dst_disp.s, e->dst_name);
+    if (path && disp) {
+        if (s) {
+            s->path = path;
+            free(s->disp);
+            s->disp = disp;
+            s->root = p->root;
+            path = disp = NULL;
+        } else {
+            link_add(p, st->st_dev, st->st_ino, path, disp);
+        }
+        e->flags |= MPCP_E_LEADER;
+    }
+    free(path);
+    *to_free = disp;
+}
+
+static void add_entry(struct planner *p, const char *name, const char *dst_name,
+                      const struct stat *st, uint8_t flags)
+{
+    struct mpcp_entry e = {0};
+    e.type = entry_type(st->st_mode, p->opt->recursive);
+    e.flags = flags;
+    e.name = name;
+    e.dst_name = dst_name;
+    e.link_target = "";
+    e.link_disp = "";
+    fill_entry(&e, st);
+    char *to_free;
+    plan_links(p, &e, st, &to_free);
+    if (mpcp_task_add(&p->task, &e) < 0)
+        say(p, ENOMEM, "cannot plan %s", name, NULL);
+    free(to_free);
+    if (e.type == MPCP_T_REG)
+        p->batch_bytes += e.size;
+}
+
+/* ---- folders ---- */
+
+static bool is_ancestor(struct planner *p, const struct stat *st)
+{
+    for (size_t i = 0; i < p->n_anc; i++)
+        if (p->anc[i].dev == st->st_dev && p->anc[i].ino == st->st_ino)
+            return true;
+    return false;
+}
+
+static void push_ancestor(struct planner *p, const struct stat *st)
+{
+    if (p->n_anc == p->cap_anc) {
+        size_t cap = p->cap_anc ? p->cap_anc * 2 : 64;
+        void *a = realloc(p->anc, cap * sizeof *p->anc);
+        if (!a)
+            return;
+        p->anc = a;
+        p->cap_anc = cap;
+    }
+    p->anc[p->n_anc].dev = st->st_dev;
+    p->anc[p->n_anc].ino = st->st_ino;
+    p->n_anc++;
+}
+
+/* Removes temporaries that a killed run left in an existing destination folder. */
+static void remove_stale(int dfd)
+{
+    int fd = openat(dfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return;
+    DIR *d = fdopendir(fd);
+    if (!d) {
+        close(fd);
+        return;
+    }
+    for (struct dirent *de = readdir(d); de; de = readdir(d))
+        if (de->d_name[0] == '.' && mpcp_is_stale_temp(de->d_name))
+            unlinkat(dfd, de->d_name, 0);
+    closedir(d);
+}
+
+struct dir_state {
+    int sfd, dfd;
+    bool new_dst, restore;
+    mode_t made_mode; /* the new folder's mode as mkdir made it */
+    mode_t omitted;
+};
+
+static int make_dest_dir(struct planner *p, int dparent, const char *dname, const struct stat *sst,
+                         struct dir_state *ds)
+{
+    const struct mpcp_opts *opt = p->opt;
+    ds->omitted = sst->st_mode & (opt->p_owner ? 077 : opt->p_mode ? 022 : 0);
+    ds->new_dst = false;
+    ds->restore = false;
+    /*
+     * Made owner-writable and searchable from the start, so that the
+     * children can go in; the mode cp would have made is restored after them.
+     */
+    mode_t want = sst->st_mode & 07777 & ~ds->omitted;
+    if (mkdirat(dparent, dname, want | S_IRWXU) == 0) {
+        ds->new_dst = true;
+    } else if (errno == EEXIST) {
+        struct stat d;
+        if (fstatat(dparent, dname, &d, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISDIR(d.st_mode)) {
+            say(p, 0, "cannot overwrite non-directory %s with directory %s", p->dst_disp.s,
+                p->src_disp.s);
+            return -1;
+        }
+    } else {
+        say(p, errno, "cannot create directory %s", p->dst_disp.s, NULL);
+        return -1;
+    }
+    ds->dfd = openat(dparent, dname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (ds->dfd < 0) {
+        say(p, errno, "cannot access %s", p->dst_disp.s, NULL);
+        return -1;
+    }
+    if (!ds->new_dst)
+        return 0;
+    struct stat d;
+    if (fstat(ds->dfd, &d) == 0) {
+        mode_t user = want & ~p->opt->umask & S_IRWXU;
+        ds->made_mode = (d.st_mode & 07777 & ~(mode_t)S_IRWXU) | user;
+        ds->restore = user != S_IRWXU;
+    }
+    return 0;
+}
+
+static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_state *ds)
+{
+    const struct mpcp_opts *opt = p->opt;
+    if (opt->p_xattr && ds->sfd >= 0) {
+        int rc = mpcp_copy_xattrs(ds->sfd, ds->dfd, opt->p_xattr_quiet);
+        if (rc < 0)
+            say(p, -rc, "setting attributes for %s", p->dst_disp.s, NULL);
+    }
+    if (opt->p_time) {
+        struct timespec ts[2] = {sst->st_atim, sst->st_mtim};
+        if (futimens(ds->dfd, ts) < 0)
+            say(p, errno, "preserving times for %s", p->dst_disp.s, NULL);
+    }
+    bool owner_failed = false;
+    if (opt->p_owner && fchown(ds->dfd, sst->st_uid, sst->st_gid) < 0) {
+        if (geteuid() == 0 || (errno != EPERM && errno != EINVAL))
+            say(p, errno, "failed to preserve ownership for %s", p->dst_disp.s, NULL);
+        owner_failed = true;
+    }
+    mode_t mode;
+    if (opt->p_mode) {
+        mode = mpcp_new_file_mode(opt, sst->st_mode, owner_failed);
+    } else if (opt->no_p_mode && ds->new_dst) {
+        /* What cp 9.1 leaves: default permissions, the special bits mkdir kept. */
+        mode = (ds->made_mode & 07000) | (0777 & ~opt->umask);
+    } else if (ds->new_dst) {
+        mode_t omitted = ds->omitted & ~opt->umask;
+        if (!omitted && !ds->restore)
+            return;
+        mode = ds->made_mode | omitted;
+    } else {
+        return;
+    }
+    if (fchmod(ds->dfd, mode) < 0)
+        say(p, errno, "setting permissions for %s", p->dst_disp.s, NULL);
+}
+
+/* Copies one directory entry found during the walk. */
+static void walk_entry(struct planner *p, int sfd, const char *name, struct str *subdirs,
+                       uint8_t flags)
+{
+    int follow = p->opt->deref == MPCP_DEREF_ALWAYS ? 0 : AT_SYMLINK_NOFOLLOW;
+    struct stat st;
+    if (fstatat(sfd, name, &st, follow) < 0) {
+        size_t old = str_push(&p->src_disp, name);
+        say(p, errno, "cannot stat %s", p->src_disp.s, NULL);
+        str_pop(&p->src_disp, old);
+        return;
+    }
+    mpcp_progress_add(p->prog, 0, 0);
+    if (S_ISDIR(st.st_mode)) {
+        size_t n = strlen(name) + 1;
+        if (subdirs->len + n + 1 > subdirs->cap) {
+            size_t cap = subdirs->cap ? subdirs->cap * 2 : 1024;
+            while (cap < subdirs->len + n + 1)
+                cap *= 2;
+            char *s = realloc(subdirs->s, cap);
+            if (!s) {
+                say(p, ENOMEM, "cannot copy %s", name, NULL);
+                return;
+            }
+            subdirs->s = s;
+            subdirs->cap = cap;
+        }
+        memcpy(subdirs->s + subdirs->len, name, n);
+        subdirs->len += n;
+        return;
+    }
+    if (mpcp_task_count(&p->task) >= BATCH_ENTRIES || p->batch_bytes >= BATCH_BYTES)
+        flush(p);
+    add_entry(p, name, name, &st, flags | (follow ? 0 : MPCP_E_FOLLOW));
+}
+
+/* Reads the folder: files go into batches, subfolder names into *subdirs. */
+static int read_dir(struct planner *p, struct dir_state *ds, struct str *subdirs)
+{
+    int fd = fcntl(ds->sfd, F_DUPFD_CLOEXEC, 0);
+    DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
+    if (!d) {
+        if (fd >= 0)
+            close(fd);
+        return -errno;
+    }
+    begin_batch(p, 0, ds->sfd, ds->dfd);
+    uint8_t flags = ds->new_dst ? MPCP_E_DEST_NEW : 0;
+    errno = 0;
+    for (struct dirent *de = readdir(d); de && !p->stop && !mpcp_interrupted; de = readdir(d)) {
+        const char *n = de->d_name;
+        if (n[0] == '.' && (n[1] == '\0' || (n[1] == '.' && n[2] == '\0')))
+            continue;
+        walk_entry(p, ds->sfd, n, subdirs, flags);
+        errno = 0;
+    }
+    int err = errno;
+    closedir(d);
+    flush(p);
+    return err ? -err : 0;
+}
+
+/* One folder on the walk's stack: open on both sides, its subfolders still to visit. */
+struct frame {
+    struct dir_state ds;
+    struct stat sst;
+    struct str subdirs; /* NUL-separated names */
+    size_t next;        /* offset of the next name in subdirs */
+    size_t saved[4];    /* path lengths to restore when the folder is done */
+};
+
+/* Reads the folder's entries: its files are copied now, its subfolders listed. */
+static void read_contents(struct planner *p, struct frame *f, bool top)
+{
+    if (p->opt->one_fs && !top && f->sst.st_dev != p->root_dev)
+        return; /* -x: the mount point is made, its contents are not copied */
+    if (f->ds.sfd < 0) {
+        say(p, -f->ds.sfd, "cannot access %s", p->src_disp.s, NULL);
+        f->ds.sfd = -1;
+        return;
+    }
+    int rc = read_dir(p, &f->ds, &f->subdirs);
+    if (rc < 0)
+        say(p, -rc, "cannot access %s", p->src_disp.s, NULL);
+}
+
+static bool cyclic(struct planner *p, int sparent, const char *sname, const struct stat *sst)
+{
+    if (!is_ancestor(p, sst))
+        return false;
+    struct stat l;
+    if (fstatat(sparent, sname, &l, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(l.st_mode))
+        say(p, 0, "cannot copy cyclic symbolic link %s", p->src_disp.s, NULL);
+    else
+        say(p, ELOOP, "cannot copy %s", p->src_disp.s, NULL);
+    return true;
+}
+
+/*
+ * Starts a folder: makes the destination, copies the files, lists the
+ * subfolders. Returns false when there is nothing more to do for it.
+ */
+static bool enter_dir(struct planner *p, int sparent, const char *sname, int dparent,
+                      const char *dname, bool top, struct frame *f)
+{
+    if (cyclic(p, sparent, sname, &f->sst))
+        return false;
+    struct dir_state ds = {-1, -1, true, false, 0, 0};
+    bool dry = p->opt->dry_run;
+    if (!dry && make_dest_dir(p, dparent, dname, &f->sst, &ds) < 0)
+        return false;
+    if (ds.new_dst && (p->opt->verbose || dry) && !p->opt->quiet)
+        print_verbose(p, p->src_disp.s, p->dst_disp.s);
+    if (ds.new_dst)
+        p->st.dirs++;
+    else
+        remove_stale(ds.dfd);
+    bool follow = p->opt->deref == MPCP_DEREF_ALWAYS || (top && p->opt->deref != MPCP_DEREF_NEVER);
+    ds.sfd = openat(sparent, sname, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    if (ds.sfd < 0)
+        ds.sfd = -errno;
+    f->ds = ds;
+    push_ancestor(p, &f->sst);
+    read_contents(p, f, top);
+    return true;
+}
+
+/* Ends a folder after all its children: now its metadata, as cp does. */
+static void leave_dir(struct planner *p, struct frame *f)
+{
+    p->n_anc--;
+    if (!p->opt->dry_run)
+        dir_metadata(p, &f->sst, &f->ds);
+    if (f->ds.sfd >= 0)
+        close(f->ds.sfd);
+    if (f->ds.dfd >= 0)
+        close(f->ds.dfd);
+    free(f->subdirs.s);
+}
+
+static void restore_paths(struct planner *p, const size_t saved[4])
+{
+    str_pop(&p->src_rel, saved[0]);
+    str_pop(&p->dst_rel, saved[1]);
+    str_pop(&p->src_disp, saved[2]);
+    str_pop(&p->dst_disp, saved[3]);
+}
+
+static bool push_frame(struct frame **stack, size_t n, size_t *cap)
+{
+    if (n < *cap)
+        return true;
+    size_t ncap = *cap ? *cap * 2 : 16;
+    struct frame *s = realloc(*stack, ncap * sizeof **stack);
+    if (!s)
+        return false;
+    *stack = s;
+    *cap = ncap;
+    return true;
+}
+
+/*
+ * Visits the next subfolder of the top frame; pushes a frame for it. The
+ * walk is a loop over an explicit stack, so depth costs heap, not C stack.
+ */
+static void descend(struct planner *p, struct frame **stack, size_t *n, size_t *cap)
+{
+    struct frame *f = &(*stack)[*n - 1];
+    const char *name = f->subdirs.s + f->next;
+    f->next += strlen(name) + 1;
+    size_t saved[4] = {str_push(&p->src_rel, name), str_push(&p->dst_rel, name),
+                       str_push(&p->src_disp, name), str_push(&p->dst_disp, name)};
+    int follow = p->opt->deref == MPCP_DEREF_ALWAYS ? 0 : AT_SYMLINK_NOFOLLOW;
+    struct stat st;
+    if (fstatat(f->ds.sfd, name, &st, follow) < 0) {
+        say(p, errno, "cannot stat %s", p->src_disp.s, NULL);
+        restore_paths(p, saved);
+        return;
+    }
+    if (!S_ISDIR(st.st_mode) || !push_frame(stack, *n, cap)) {
+        restore_paths(p, saved);
+        return;
+    }
+    f = &(*stack)[*n - 1];
+    struct frame *child = &(*stack)[*n];
+    memset(child, 0, sizeof *child);
+    child->sst = st;
+    memcpy(child->saved, saved, sizeof saved);
+    if (enter_dir(p, f->ds.sfd, name, f->ds.dfd, name, false, child))
+        (*n)++;
+    else
+        restore_paths(p, saved);
+}
+
+static void copy_tree(struct planner *p, int sparent, const char *sname, int dparent,
+                      const char *dname, const struct stat *sst)
+{
+    size_t n = 0, cap = 0;
+    struct frame *stack = NULL;
+    if (!push_frame(&stack, n, &cap)) {
+        say(p, ENOMEM, "cannot copy %s", p->src_disp.s, NULL);
+        return;
+    }
+    memset(&stack[0], 0, sizeof stack[0]);
+    stack[0].sst = *sst;
+    stack[0].saved[0] = p->src_rel.len;
+    stack[0].saved[1] = p->dst_rel.len;
+    stack[0].saved[2] = p->src_disp.len;
+    stack[0].saved[3] = p->dst_disp.len;
+    if (enter_dir(p, sparent, sname, dparent, dname, true, &stack[0]))
+        n = 1;
+    while (n > 0) {
+        struct frame *f = &stack[n - 1];
+        if (p->stop || mpcp_interrupted || f->next >= f->subdirs.len) {
+            leave_dir(p, f);
+            restore_paths(p, f->saved);
+            n--;
+            continue;
+        }
+        descend(p, &stack, &n, &cap);
+    }
+    free(stack);
+}
+
+/* ---- operands ---- */
+
+/* True when the folder dst_parent (or the destination itself) lies inside src. */
+static bool dest_inside(int dst_parent, const char *dst_name, const struct stat *src)
+{
+    struct stat st;
+    if (fstatat(dst_parent, dst_name, &st, 0) == 0 && st.st_dev == src->st_dev &&
+        st.st_ino == src->st_ino)
+        return true;
+    int fd = fcntl(dst_parent, F_DUPFD_CLOEXEC, 0);
+    for (int depth = 0; fd >= 0 && depth < 100000; depth++) {
+        struct stat up;
+        if (fstat(fd, &st) < 0 || fstatat(fd, "..", &up, 0) < 0)
+            break;
+        if (st.st_dev == src->st_dev && st.st_ino == src->st_ino) {
+            close(fd);
+            return true;
+        }
+        if (up.st_dev == st.st_dev && up.st_ino == st.st_ino)
+            break;
+        int next = openat(fd, "..", O_PATH | O_DIRECTORY | O_CLOEXEC);
+        close(fd);
+        fd = next;
+    }
+    if (fd >= 0)
+        close(fd);
+    return false;
+}
+
+struct operand {
+    const char *src_arg;  /* as typed */
+    bool dst_slash;       /* DEST was typed with a trailing slash: it must be a folder */
+    char *dst_disp;       /* how messages name the destination */
+    int sparent, dparent; /* the roots */
+    const char *sbase, *dbase;
+};
+
+static void copy_top_file(struct planner *p, const struct operand *o, const struct stat *st)
+{
+    begin_batch(p, MPCP_TASK_TOP, o->sparent, o->dparent);
+    uint8_t flags = p->opt->deref == MPCP_DEREF_NEVER ? 0 : MPCP_E_FOLLOW;
+    add_entry(p, o->sbase, o->dbase, st, flags);
+    flush(p);
+}
+
+/*
+ * Two operands that land on the same name in the target folder: the same
+ * source twice is a warning and copied once; another source would overwrite
+ * what this run just made, which cp refuses (folders merge).
+ */
+static bool already_made(struct planner *p, const struct operand *o, const struct stat *src)
+{
+    struct stat d;
+    if (!p->track_made || fstatat(o->dparent, o->dbase, &d, AT_SYMLINK_NOFOLLOW) < 0)
+        return false;
+    for (size_t i = 0; i < p->n_made; i++) {
+        const struct made *m = &p->made[i];
+        if (m->ddev != d.st_dev || m->dino != d.st_ino)
+            continue;
+        if (m->sdev == src->st_dev && m->sino == src->st_ino) {
+            warn(p,
+                 S_ISDIR(src->st_mode) ? "warning: source directory %s specified more than once"
+                                       : "warning: source file %s specified more than once",
+                 o->src_arg);
+            return true;
+        }
+        if (S_ISDIR(src->st_mode))
+            return false;
+        say(p, 0, "will not overwrite just-created %s with %s", o->dst_disp, o->src_arg);
+        return true;
+    }
+    return false;
+}
+
+static void remember_made(struct planner *p, const struct operand *o, const struct stat *src)
+{
+    struct stat d;
+    if (!p->track_made || fstatat(o->dparent, o->dbase, &d, AT_SYMLINK_NOFOLLOW) < 0)
+        return;
+    if (p->n_made == p->cap_made) {
+        size_t cap = p->cap_made ? p->cap_made * 2 : 16;
+        struct made *m = realloc(p->made, cap * sizeof *m);
+        if (!m)
+            return;
+        p->made = m;
+        p->cap_made = cap;
+    }
+    p->made[p->n_made++] = (struct made){d.st_dev, src->st_dev, d.st_ino, src->st_ino};
+}
+
+static void copy_operand_as(struct planner *p, const struct operand *o, const struct stat *st);
+
+static void copy_operand(struct planner *p, const struct operand *o)
+{
+    if (mpcp_exec_add_root(o->sparent, o->dparent, &p->root) < 0) {
+        say(p, EMFILE, "cannot copy %s", o->src_arg, NULL);
+        return;
+    }
+    if (!o->sbase || !o->dbase || str_set(&p->src_rel, o->sbase) < 0 ||
+        str_set(&p->dst_rel, o->dbase) < 0 || str_set(&p->src_disp, o->src_arg) < 0 ||
+        str_set(&p->dst_disp, o->dst_disp) < 0) {
+        say(p, ENOMEM, "cannot copy %s", o->src_arg, NULL);
+        return;
+    }
+    int follow = p->opt->deref == MPCP_DEREF_NEVER ? AT_SYMLINK_NOFOLLOW : 0;
+    struct stat st;
+    if (fstatat(o->sparent, o->sbase, &st, follow) < 0) {
+        say(p, errno, "cannot stat %s", o->src_arg, NULL);
+        return;
+    }
+    if (already_made(p, o, &st))
+        return;
+    copy_operand_as(p, o, &st);
+    remember_made(p, o, &st);
+}
+
+static void copy_operand_as(struct planner *p, const struct operand *o, const struct stat *sp)
+{
+    struct stat st = *sp;
+    if (!S_ISDIR(st.st_mode) && o->dst_slash) {
+        /* cp would create "dir/" as a file; the kernel refuses, and cp says so. */
+        bool link = S_ISLNK(st.st_mode);
+        say(p, link ? ENOENT : ENOTDIR,
+            link ? "cannot create symbolic link %s" : "cannot create regular file %s", o->dst_disp,
+            NULL);
+        return;
+    }
+    if (!S_ISDIR(st.st_mode)) {
+        copy_top_file(p, o, &st);
+        return;
+    }
+    if (!p->opt->recursive) {
+        say(p, 0, "-r not specified; omitting directory %s", o->src_arg, NULL);
+        return;
+    }
+    if (dest_inside(o->dparent, o->dbase, &st)) {
+        say(p, 0, "cannot copy a directory, %s, into itself, %s", o->src_arg, o->dst_disp);
+        return;
+    }
+    p->root_dev = st.st_dev;
+    copy_tree(p, o->sparent, o->sbase, o->dparent, o->dbase, &st);
+}
+
+/*
+ * The last opened parent folder: operands from one folder (a shell glob)
+ * share one descriptor and one executor root, so any number of operands
+ * costs no more descriptors than one.
+ */
+struct parent_cache {
+    char *dir;
+    int fd;
+};
+
+/* Splits a path into an opened parent folder and the last component. */
+static int open_parent(struct parent_cache *c, const char *path, int *fd, char **base)
+{
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        len--;
+    size_t start = len;
+    while (start > 0 && path[start - 1] != '/')
+        start--;
+    char *dir = start == 0 ? strdup(".") : strndup(path, start);
+    if (path[start] == '/' || len == start)
+        *base = strdup(".");
+    else
+        *base = strndup(path + start, len - start);
+    if (!dir || !*base) {
+        free(dir);
+        free(*base);
+        *base = NULL;
+        return -ENOMEM;
+    }
+    if (c && c->dir && strcmp(c->dir, dir) == 0) {
+        free(dir);
+        *fd = c->fd;
+        return 0;
+    }
+    *fd = open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    int err = errno;
+    if (*fd < 0) {
+        free(dir);
+        free(*base);
+        *base = NULL;
+        return err ? -err : -EIO;
+    }
+    if (!c) {
+        free(dir);
+        return 0;
+    }
+    /* The previous fd stays open: an executor root may still refer to it. */
+    free(c->dir);
+    c->dir = dir;
+    c->fd = *fd;
+    return 0;
+}
+
+/*
+ * A rerun with -u or -n is how an interrupted copy is finished: the target
+ * folder of file operands is cleaned of dead runs' temporaries too (folders
+ * inside a tree are cleaned when the walk enters them).
+ */
+static void clean_top_folder(struct planner *p, int dfd)
+{
+    if (p->opt->update != MPCP_UPDATE_ALL && !p->opt->dry_run)
+        remove_stale(dfd);
+}
+
+static char *strip_slashes(const char *dir)
+{
+    size_t len = strlen(dir);
+    while (len > 1 && dir[len - 1] == '/')
+        len--;
+    return strndup(dir, len);
+}
+
+static void run_into_dir(struct planner *p, const char *tdir, char **srcs, int n)
+{
+    int tfd = open(tdir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (tfd < 0) {
+        say(p, errno, "target directory %s", tdir, NULL);
+        return;
+    }
+    char *clean = strip_slashes(tdir);
+    p->track_made = n > 1;
+    clean_top_folder(p, tfd);
+    struct parent_cache cache = {NULL, -1};
+    for (int i = 0; i < n && !p->stop && clean; i++) {
+        struct operand o = {srcs[i], false, NULL, -1, tfd, NULL, NULL};
+        char *sbase = NULL;
+        int rc = open_parent(&cache, srcs[i], &o.sparent, &sbase);
+        if (rc < 0 || !sbase) {
+            say(p, rc < 0 ? -rc : ENOMEM, "cannot stat %s", srcs[i], NULL);
+            continue;
+        }
+        o.sbase = sbase;
+        o.dbase = sbase;
+        o.dst_disp = join(clean, sbase);
+        if (o.dst_disp)
+            copy_operand(p, &o);
+        free(o.dst_disp);
+        free(sbase);
+    }
+    free(cache.dir);
+    free(clean);
+}
+
+static void run_one(struct planner *p, const char *src, const char *dst)
+{
+    struct operand o = {src, false, NULL, -1, -1, NULL, NULL};
+    o.dst_slash = *dst && dst[strlen(dst) - 1] == '/';
+    char *sbase = NULL, *dbase = NULL;
+    int rc = open_parent(NULL, src, &o.sparent, &sbase);
+    if (rc < 0) {
+        say(p, -rc, "cannot stat %s", src, NULL);
+        return;
+    }
+    rc = open_parent(NULL, dst, &o.dparent, &dbase);
+    if (rc < 0) {
+        say(p, -rc, "cannot create regular file %s", dst, NULL);
+        free(sbase);
+        return;
+    }
+    o.sbase = sbase;
+    o.dbase = dbase;
+    o.dst_disp = (char *)dst;
+    clean_top_folder(p, o.dparent);
+    copy_operand(p, &o);
+    free(sbase);
+    free(dbase);
+}
+
+static bool is_dir(const char *path, int *err)
+{
+    struct stat st;
+    if (stat(path, &st) < 0) {
+        *err = errno;
+        return false;
+    }
+    *err = S_ISDIR(st.st_mode) ? 0 : ENOTDIR;
+    return *err == 0;
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+static void dispatch(struct planner *p)
+{
+    struct mpcp_opts *opt = p->opt;
+    int n = opt->n_operands;
+    if (opt->target_dir) {
+        run_into_dir(p, opt->target_dir, opt->operands, n);
+        return;
+    }
+    const char *last = opt->operands[n - 1];
+    int err = 0;
+    if (!opt->no_target_dir && (is_dir(last, &err) || n > 2)) {
+        if (err) {
+            say(p, err, "target %s", last, NULL);
+            return;
+        }
+        run_into_dir(p, last, opt->operands, n - 1);
+        return;
+    }
+    run_one(p, opt->operands[0], last);
+}
+
+int mpcp_run(struct mpcp_opts *opt)
+{
+    struct planner *p = calloc(1, sizeof *p);
+    if (!p) {
+        mpcp_error(ENOMEM, "cannot start");
+        return 1;
+    }
+    p->opt = opt;
+    mpcp_exec_set_options(opt);
+    double t0 = now_seconds();
+    mpcp_progress_start(&p->prog, opt);
+    current = p;
+    if (p->prog)
+        mpcp_set_data_progress(on_data);
+    dispatch(p);
+    mpcp_set_data_progress(NULL);
+    mpcp_progress_stop(&p->prog);
+    p->st.seconds = now_seconds() - t0;
+    fflush(stdout);
+    mpcp_report_summary(opt, &p->st);
+    int status = p->status;
+    mpcp_exec_reset();
+    for (size_t i = 0; i < p->cap_links; i++) {
+        free(p->links[i].path);
+        free(p->links[i].disp);
+    }
+    free(p->links);
+    free(p->made);
+    free(p->anc);
+    free(p->src_rel.s);
+    free(p->dst_rel.s);
+    free(p->src_disp.s);
+    free(p->dst_disp.s);
+    mpcp_buf_free(&p->task);
+    mpcp_buf_free(&p->result);
+    free(p);
+    return status;
+}
