@@ -1024,7 +1024,7 @@ static size_t default_chunksize(const mproc_pool *pool, const struct iovec *item
     for (size_t i = 0; i < sample; i++)
         bytes += items[i].iov_len + sizeof(uint64_t);
     size_t per_item = sample ? bytes / sample : 1;
-    size_t by_bytes = (64 * 1024) / (per_item ? per_item : 1);
+    size_t by_bytes = ((size_t)64 * 1024) / (per_item ? per_item : 1);
     if (by_bytes > 4096)
         by_bytes = 4096;
     if (chunk > by_bytes)
