@@ -135,3 +135,89 @@ Test(examples, pool_apply_async, .timeout = 60)
     /* Pool(3): ten tasks, at most three worker processes. */
     cr_assert(npids >= 1 && npids <= 3, "%d worker processes", npids);
 }
+
+/* ---- batch_copy (appended: its headers here) ---- */
+#include <sys/stat.h>
+#include <unistd.h>
+
+/*
+ * Runs an example in cwd with input on its stdin (the /dev/null of
+ * run_example() would not answer its question); its whole output to out.
+ */
+static void run_example_with_input(const char *name, const char *cwd, const char *input, char *out,
+                                   size_t size)
+{
+    char command[1024];
+    snprintf(command, sizeof(command), "cd '%s' && printf '%%s\\n' '%s' | %s/%s", cwd, input,
+             MPROC_EXAMPLES_DIR, name);
+    FILE *pipe = popen(command, "r");
+    cr_assert_not_null(pipe, "cannot run %s", command);
+    size_t len = fread(out, 1, size - 1, pipe);
+    out[len] = '\0';
+    int status = pclose(pipe);
+    cr_assert(WIFEXITED(status) && WEXITSTATUS(status) == 0, "%s failed: status %d: %s", name,
+              status, out);
+}
+
+static void write_random_file(const char *path, size_t size, unsigned seed)
+{
+    FILE *f = fopen(path, "wb");
+    cr_assert_not_null(f, "%s", path);
+    for (size_t i = 0; i < size; i++)
+        fputc((int)(rand_r(&seed) & 0xff), f);
+    fclose(f);
+}
+
+static void assert_same_file(const char *a, const char *b)
+{
+    FILE *fa = fopen(a, "rb"), *fb = fopen(b, "rb");
+    cr_assert(fa && fb, "%s or %s missing", a, b);
+    int ca, cb;
+    long at = 0;
+    do {
+        ca = fgetc(fa);
+        cb = fgetc(fb);
+        cr_assert_eq(ca, cb, "%s and %s differ at byte %ld", a, b, at);
+        at++;
+    } while (ca != EOF);
+    fclose(fa);
+    fclose(fb);
+}
+
+Test(examples, batch_copy, .timeout = 60)
+{
+    char dir[128], src[192], path[256], copy[256];
+    snprintf(dir, sizeof(dir), "/tmp/mproc-batch-copy-%d", (int)getpid());
+    snprintf(src, sizeof(src), "%s/photos", dir);
+    cr_assert_eq(mkdir(dir, 0755), 0, "%s", dir);
+    cr_assert_eq(mkdir(src, 0755), 0, "%s", src);
+    enum { FILES = 37 };
+    for (int i = 0; i < FILES; i++) {
+        snprintf(path, sizeof(path), "%s/file%02d.bin", src, i);
+        write_random_file(path, (size_t)i * 7001 + (i == 5 ? 300000 : 0), (unsigned)i);
+    }
+    static char out[65536];
+    run_example_with_input("batch_copy", dir, "photos", out, sizeof(out));
+    cr_assert(strstr(out, "Please enter the name of the folder to copy:") == out, "%s", out);
+    for (int i = 0; i < FILES; i++) {
+        snprintf(path, sizeof(path), "%s/file%02d.bin", src, i);
+        snprintf(copy, sizeof(copy), "%s/photosCopy/file%02d.bin", dir, i);
+        assert_same_file(path, copy);
+    }
+    /* One progress report per file, rising, the last at 100.00 %. */
+    int reports = 0;
+    double last = -1, pct;
+    for (const char *p = strstr(out, "\r Copy progress "); p;
+         p = strstr(p + 1, "\r Copy progress ")) {
+        cr_assert_eq(sscanf(p, "\r Copy progress %lf %%", &pct), 1, "%s", p);
+        cr_assert_gt(pct, last, "progress went from %.2f to %.2f", last, pct);
+        last = pct;
+        reports++;
+    }
+    cr_assert_eq(reports, FILES, "%d progress reports for %d files", reports, FILES);
+    cr_assert(strstr(out, "\r Copy progress 100.00 %\n") != NULL, "does not end at 100.00 %%: %s",
+              out);
+    char command[256];
+    snprintf(command, sizeof(command), "rm -rf '%s'", dir);
+    cr_assert_eq(system(command), 0);
+}

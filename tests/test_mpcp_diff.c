@@ -94,7 +94,8 @@ struct diff {
      * refuses before creating anything. Only status and messages compare.
      */
     bool no_tree;
-    bool resolve; /* mpcp's executor reaches folders from the roots, as a worker does */
+    bool resolve;     /* mpcp's executor reaches folders from the roots, as a worker does */
+    const char *jobs; /* mpcp's -j N, when set (else the default: one worker per CPU) */
 };
 
 /* The case's work folder, removed by fini even when an assertion ended the case. */
@@ -138,8 +139,13 @@ static void differential(const struct diff *d)
     const char *const *margs = d->mp_args[0] ? d->mp_args : d->args;
     for (int i = 0; d->args[i]; i++)
         cp_argv[i + 1] = d->args[i];
+    int m = 1;
+    if (d->jobs) {
+        mp_argv[m++] = "-j";
+        mp_argv[m++] = d->jobs;
+    }
     for (int i = 0; margs[i]; i++)
-        mp_argv[i + 1] = margs[i];
+        mp_argv[m++] = margs[i];
     static struct run_result rc, rm;
     snprintf(path, sizeof path, "%s/cp", work);
     run_in(path, d->nobody, cp_argv, &rc);
@@ -559,3 +565,33 @@ CASE(archive_all_types_worker_path, .setup = setup_types, .args = {"-a", "s", "o
 CASE(archive_names_worker_path, .setup = setup_names, .args = {"-av", "s", "o"}, .flags = CMP_MTIME,
      .resolve = true)
 CASE(overwrite_worker_path, .setup = setup_existing, .args = {"-rvT", "s", "o"}, .resolve = true)
+
+/* A subset again with four workers (the default here is one per CPU: two). */
+CASE(archive_basic_j4, .setup = setup_basic, .args = {"-a", "s", "o"}, .flags = CMP_MTIME,
+     .jobs = "4")
+CASE(archive_all_types_j4, .setup = setup_types, .args = {"-a", "s", "o"}, .flags = CMP_MTIME,
+     .jobs = "4")
+CASE(archive_names_j4, .setup = setup_names, .args = {"-av", "s", "o"}, .flags = CMP_MTIME,
+     .jobs = "4")
+CASE(many_into_dir_j4, .setup = setup_existing, .args = {"-r", "s/a", "s/sub", "o"}, .jobs = "4")
+CASE(links_across_operands_j4, .setup = setup_links_across,
+     .args = {"-a", "s1", "s2", "loose", "o"}, .flags = CMP_MTIME, .jobs = "4")
+CASE(archive_unreadable_as_nobody_j4, .setup = setup_unreadable, .args = {"-a", "s", "o"},
+     .nobody = true, .flags = CMP_MTIME, .jobs = "4")
+CASE(same_source_twice_j4, .setup = setup_twice,
+     .args = {"-rv", "s1/x", "s1/x", "s1/d", "s1/d", "o"}, .jobs = "4")
+CASE(update_older_j4, .setup = setup_existing, .args = {"-ruT", "s", "o"}, .jobs = "4")
+CASE(no_clobber_j4, .setup = setup_existing, .args = {"-rnT", "s", "o"}, .jobs = "4")
+CASE(verbose_replace_kinds_j4, .setup = setup_replace, .args = {"-rvT", "s", "o"},
+     .mp_args = {"--inplace", "-rvT", "s", "o"}, .jobs = "4")
+CASE(missing_source_j4, .setup = setup_basic, .args = {"-r", "nope", "s", "o"}, .jobs = "4")
+
+/* And in one process, the lean path of -j 1. */
+CASE(archive_all_types_j1, .setup = setup_types, .args = {"-a", "s", "o"}, .flags = CMP_MTIME,
+     .jobs = "1")
+CASE(links_across_operands_j1, .setup = setup_links_across,
+     .args = {"-a", "s1", "s2", "loose", "o"}, .flags = CMP_MTIME, .jobs = "1")
+CASE(archive_unreadable_as_nobody_j1, .setup = setup_unreadable, .args = {"-a", "s", "o"},
+     .nobody = true, .flags = CMP_MTIME, .jobs = "1")
+CASE(same_source_twice_j1, .setup = setup_twice,
+     .args = {"-rv", "s1/x", "s1/x", "s1/d", "s1/d", "o"}, .jobs = "1")

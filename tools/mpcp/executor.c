@@ -726,6 +726,12 @@ static void exec_hardlink(struct ectx *x)
         return;
     }
     commit_or_fail(x, tmp, "cannot create hard link %s");
+    /*
+     * A task run again after its worker died may find the link made: rename
+     * onto another name of the same inode does nothing and keeps tmp.
+     */
+    if ((x->e->flags & MPCP_E_DEST_NEW) && x->r->status == MPCP_OK)
+        unlinkat(x->dfd, tmp, 0);
 }
 
 static void exec_reg_copy(struct ectx *x)

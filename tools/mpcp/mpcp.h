@@ -231,6 +231,21 @@ void mpcp_temp_name(char *buf, size_t size, const char *name);
 /* True if name is one of our temporaries left by a process that is gone. */
 bool mpcp_is_stale_temp(const char *name);
 
+/* ---- workers (parallel.c) ---- */
+
+#include <mproc/pool.h>
+
+/*
+ * Creates the pool of jobs workers that run tasks. Everything the workers
+ * need (executor options, roots, signal handlers) must be set before: they
+ * are forks of this moment. MPCP_NO_RETRY in the environment turns off the
+ * retry of a task whose worker died (for tests). Returns 0 or a pool error.
+ */
+int mpcp_workers_start(mproc_pool **out, int jobs);
+
+/* Submits one task (its bytes are copied); *r is the caller's to destroy. */
+int mpcp_workers_submit(mproc_pool *pool, const struct mpcp_buf *task, mproc_result **r);
+
 /* ---- planner (walk.c) ---- */
 
 /* Copies every operand; returns the exit status. */

@@ -39,6 +39,35 @@ struct link_slot {
     uint32_t root;
     char *path; /* from the destination root; NULL: empty slot */
     char *disp;
+    uint64_t seq; /* the task holding the first copy */
+};
+
+struct dir_state {
+    int sfd, dfd;
+    bool new_dst, restore;
+    mode_t made_mode; /* the new folder's mode as mkdir made it */
+    mode_t omitted;
+};
+
+/*
+ * A destination folder whose metadata is still to apply: after its walk,
+ * every task of its own and every subfolder's metadata (cp's order, and a
+ * read-only folder stays writable and searchable while workers use it).
+ */
+struct folder {
+    struct folder *parent;
+    unsigned pending; /* 1 while walked + tasks in flight + subfolders not finished */
+    struct stat sst;
+    struct dir_state ds;
+    char *dst_disp;
+};
+
+/* A task in a worker: its bytes are kept to name the entries of its result. */
+struct flight {
+    struct mpcp_buf task;
+    struct folder *folder; /* NULL for an operand's own task */
+    int dfd;               /* its destination folder, swept of temporaries if it dies */
+    uint64_t seq;
 };
 
 struct planner {
@@ -68,7 +97,14 @@ struct planner {
     } * made;
     size_t n_made, cap_made;
     bool track_made;
-    uint64_t bytes_seen; /* of the entry being copied, already shown by the progress */
+    uint64_t bytes_seen;  /* of the batch being copied here, already shown by the progress */
+    mproc_pool *pool;     /* NULL: tasks run in this process (-j 1) */
+    struct flight *fly;   /* tasks in flight, max_fly at most */
+    mproc_result **fly_r; /* their results, side by side for wait_many */
+    size_t n_fly, max_fly;
+    uint64_t batch_seq; /* number of the batch being built */
+    uint64_t batch_dep; /* its hard links need tasks up to this one reported; 0: none */
+    struct folder *cur_folder, *batch_folder;
 };
 
 /* The planner of this process, for the data-progress callback. */
@@ -221,6 +257,7 @@ static void link_add(struct planner *p, dev_t dev, ino_t ino, const char *path, 
     s->root = p->root;
     s->path = strdup(path);
     s->disp = strdup(disp);
+    s->seq = p->batch_seq;
     p->n_links++;
 }
 
@@ -258,6 +295,9 @@ static void begin_batch(struct planner *p, uint32_t flags, int sfd, int dfd)
     p->batch_bytes = 0;
     p->batch_sfd = sfd;
     p->batch_dfd = dfd;
+    p->batch_folder = top ? NULL : p->cur_folder;
+    p->batch_dep = 0;
+    p->batch_seq++;
 }
 
 static void count_ok(struct planner *p, const struct mpcp_entry *e, uint64_t bytes)
@@ -333,9 +373,14 @@ static void handle_result(struct planner *p, const struct mpcp_task *t, const st
     /* cp -v names what it attempts, before it knows whether it works. */
     if (talk && (r->status == MPCP_OK || (r->flags & MPCP_R_ATTEMPTED)))
         print_entry(p, t, e, r);
-    /* Bytes of big files were counted as they went (on_data). */
-    uint64_t unseen = r->bytes > p->bytes_seen ? r->bytes - p->bytes_seen : 0;
-    p->bytes_seen = 0;
+    /*
+     * In this process, bytes were counted as they were written (on_data), for
+     * the whole batch: each entry takes its share of them, in order, and adds
+     * only the rest, so that no byte is counted twice.
+     */
+    uint64_t seen = r->bytes < p->bytes_seen ? r->bytes : p->bytes_seen;
+    p->bytes_seen -= seen;
+    uint64_t unseen = r->bytes - seen;
     if (r->status == MPCP_OK) {
         count_ok(p, e, r->bytes);
         mpcp_progress_add(p->prog, 1, unseen);
@@ -370,6 +415,8 @@ static void batch_reset(struct planner *p)
 {
     mpcp_task_truncate(&p->task, p->task_header);
     p->batch_bytes = 0;
+    p->batch_dep = 0;
+    p->batch_seq++;
 }
 
 /* --dry-run: every planned entry is reported as if it had been copied. */
@@ -389,39 +436,204 @@ static void flush_dry(struct planner *p)
     batch_reset(p);
 }
 
-static void flush(struct planner *p)
+/* Reports every entry of a task from its result bytes. */
+static void report_result(struct planner *p, const struct mpcp_buf *task, const unsigned char *res,
+                          size_t res_len)
 {
-    uint32_t n = mpcp_task_count(&p->task);
-    if (n == 0)
-        return;
-    if (p->opt->dry_run) {
-        flush_dry(p);
+    struct mpcp_task t;
+    size_t tpos, rpos;
+    uint32_t rcount = 0;
+    if (mpcp_task_decode_header(task->data, task->len, &t, &tpos) ||
+        mpcp_result_decode_header(res, res_len, &rcount, &rpos)) {
+        say(p, EBADMSG, "internal error running a task", NULL, NULL);
         return;
     }
+    for (uint32_t i = 0; i < rcount; i++) {
+        struct mpcp_entry e;
+        struct mpcp_result_entry r;
+        if (mpcp_task_decode_entry(task->data, task->len, &tpos, &e) ||
+            mpcp_result_decode_entry(res, res_len, &rpos, &r))
+            break;
+        handle_result(p, &t, &e, &r);
+    }
+    /* What a failed entry wrote before failing was shown; it is not carried over. */
+    p->bytes_seen = 0;
+}
+
+static void run_here(struct planner *p)
+{
     /* Workers reach folders from the roots; here the planner's fds save the lookups. */
     static int resolve = -1;
     if (resolve < 0)
         resolve = getenv("MPCP_TASK_RESOLVE") != NULL;
     int rc = mpcp_exec_run(p->task.data, p->task.len, resolve ? -1 : p->batch_sfd,
                            resolve ? -1 : p->batch_dfd, &p->result);
+    if (rc)
+        say(p, -rc, "internal error running a task", NULL, NULL);
+    else
+        report_result(p, &p->task, p->result.data, p->result.len);
+    batch_reset(p);
+}
+
+/* ---- tasks in workers ---- */
+
+static void folder_release(struct planner *p, struct folder *fo);
+static void remove_stale(int dfd);
+
+/*
+ * A task that did not run to its end: its worker died (twice, with the
+ * retry), or the pool was stopped. Every entry is named with the cause, so
+ * that nothing is lost silently; after Ctrl-C or a stop the run has already
+ * failed and says nothing more.
+ */
+static void report_lost(struct planner *p, const struct flight *f, mproc_result *r, int rc)
+{
+    p->status = 1;
+    if (mpcp_interrupted || p->stop || rc == MPROC_ECANCELLED || rc == MPROC_EBROKEN)
+        return;
+    const char *why = mproc_result_error(r);
+    if (!why)
+        why = mproc_strerror(rc);
+    remove_stale(f->dfd); /* the dead worker's temporary */
     struct mpcp_task t;
-    size_t tpos, rpos;
-    uint32_t rcount = 0;
-    if (rc || mpcp_task_decode_header(p->task.data, p->task.len, &t, &tpos) ||
-        mpcp_result_decode_header(p->result.data, p->result.len, &rcount, &rpos)) {
-        say(p, rc ? -rc : EBADMSG, "internal error running a task", NULL, NULL);
+    size_t pos;
+    if (mpcp_task_decode_header(f->task.data, f->task.len, &t, &pos))
+        return;
+    for (uint32_t i = 0; i < t.count; i++) {
+        struct mpcp_entry e;
+        if (mpcp_task_decode_entry(f->task.data, f->task.len, &pos, &e))
+            break;
+        char *src, *dst;
+        entry_paths(&t, &e, &src, &dst);
+        char q[PATH_MAX * 2] = "", line[PATH_MAX * 3];
+        mpcp_quote(q, sizeof q, src ? src : e.name);
+        mpcp_format(line, sizeof line, "cannot copy %s: %s", q, why);
+        mpcp_progress_clear(p->prog);
+        mpcp_error(0, line);
+        p->st.errors++;
+        mpcp_progress_add(p->prog, 1, 0);
+        if (e.flags & MPCP_E_LEADER)
+            forget_leader(p, &e);
+        free(src);
+        free(dst);
+    }
+}
+
+/* Cancels the tasks that have not started: the run stops (out of space). */
+static void cancel_waiting(struct planner *p)
+{
+    for (size_t i = 0; i < p->n_fly; i++)
+        mproc_result_cancel(p->fly_r[i]);
+}
+
+/* Handles the i-th task in flight, which has completed, and forgets it. */
+static void complete(struct planner *p, size_t i)
+{
+    struct flight f = p->fly[i];
+    mproc_result *r = p->fly_r[i];
+    p->n_fly--;
+    p->fly[i] = p->fly[p->n_fly];
+    p->fly_r[i] = p->fly_r[p->n_fly];
+    const void *data;
+    size_t len;
+    int rc = mproc_result_get(r, &data, &len, 0);
+    bool was_stopped = p->stop;
+    if (rc == 0)
+        report_result(p, &f.task, data, len);
+    else
+        report_lost(p, &f, r, rc);
+    if (p->stop && !was_stopped)
+        cancel_waiting(p);
+    mproc_result_destroy(&r);
+    mpcp_buf_free(&f.task);
+    folder_release(p, f.folder);
+}
+
+/* Handles every completed task. */
+static void complete_ready(struct planner *p)
+{
+    for (size_t i = p->n_fly; i-- > 0;)
+        if (i < p->n_fly && mproc_result_ready(p->fly_r[i]))
+            complete(p, i);
+}
+
+/*
+ * Waits until some task in flight completes, then handles all that have.
+ * A short timeout keeps Ctrl-C prompt even if it lands just before the wait.
+ */
+static void wait_some(struct planner *p)
+{
+    size_t ready = 0;
+    int rc = mproc_result_wait_many(p->fly_r, p->n_fly, false, &ready, 200);
+    mpcp_progress_add(p->prog, 0, 0); /* the bar moves on while a big file is copied */
+    if (rc == -EINTR || mpcp_interrupted) {
+        p->stop = true;
+        p->status = 1;
+        return;
+    }
+    complete_ready(p);
+}
+
+static bool in_flight_upto(const struct planner *p, uint64_t seq)
+{
+    for (size_t i = 0; i < p->n_fly; i++)
+        if (p->fly[i].seq <= seq)
+            return true;
+    return false;
+}
+
+/* Hands the batch to a worker; its bytes move to the flight record. */
+static void submit(struct planner *p)
+{
+    /* Rule (2): hard links wait for the tasks holding their first copies. */
+    while (p->batch_dep && in_flight_upto(p, p->batch_dep) && !mpcp_interrupted)
+        wait_some(p);
+    while (p->n_fly >= p->max_fly && !mpcp_interrupted)
+        wait_some(p);
+    if (mpcp_interrupted || p->stop) {
+        /* Out of space or Ctrl-C while waiting: this batch is not started. */
+        p->stop = true;
+        p->status = 1;
         batch_reset(p);
         return;
     }
-    for (uint32_t i = 0; i < rcount; i++) {
-        struct mpcp_entry e;
-        struct mpcp_result_entry r;
-        if (mpcp_task_decode_entry(p->task.data, p->task.len, &tpos, &e) ||
-            mpcp_result_decode_entry(p->result.data, p->result.len, &rpos, &r))
-            break;
-        handle_result(p, &t, &e, &r);
+    struct flight *f = &p->fly[p->n_fly];
+    if (mpcp_workers_submit(p->pool, &p->task, &p->fly_r[p->n_fly]) < 0) {
+        run_here(p); /* no room to hand it over (memory): copy it here */
+        return;
     }
+    f->folder = p->batch_folder;
+    f->dfd = p->batch_dfd;
+    f->seq = p->batch_seq;
+    f->task = p->task;
+    p->n_fly++;
+    if (f->folder)
+        f->folder->pending++;
+    /* The folder's next batch starts from the same header. */
+    memset(&p->task, 0, sizeof p->task);
+    if (mpcp_buf_put(&p->task, f->task.data, p->task_header) < 0)
+        p->stop = true;
     batch_reset(p);
+}
+
+/* Waits for every task in flight (the end of the run, or a stop). */
+static void drain(struct planner *p)
+{
+    while (p->n_fly > 0 && !mpcp_interrupted)
+        wait_some(p);
+}
+
+static void flush(struct planner *p)
+{
+    uint32_t n = mpcp_task_count(&p->task);
+    if (n == 0)
+        return;
+    if (p->opt->dry_run)
+        flush_dry(p);
+    else if (p->pool)
+        submit(p);
+    else
+        run_here(p);
 }
 
 static void fill_entry(struct mpcp_entry *e, const struct stat *st)
@@ -449,6 +661,9 @@ static void plan_links(struct planner *p, struct mpcp_entry *e, const struct sta
         return;
     struct link_slot *s = link_find(p, st->st_dev, st->st_ino);
     if (s && s->path) {
+        /* Rule (2): the first copy must exist before the link is made. */
+        if (s->seq != p->batch_seq && s->seq > p->batch_dep)
+            p->batch_dep = s->seq;
         e->type = MPCP_T_HARDLINK;
         e->link_target = s->path;
         e->link_disp = s->disp;
@@ -463,6 +678,7 @@ static void plan_links(struct planner *p, struct mpcp_entry *e, const struct sta
             free(s->disp);
             s->disp = disp;
             s->root = p->root;
+            s->seq = p->batch_seq;
             path = disp = NULL;
         } else {
             link_add(p, st->st_dev, st->st_ino, path, disp);
@@ -535,12 +751,14 @@ static void remove_stale(int dfd)
     closedir(d);
 }
 
-struct dir_state {
-    int sfd, dfd;
-    bool new_dst, restore;
-    mode_t made_mode; /* the new folder's mode as mkdir made it */
-    mode_t omitted;
-};
+static void close_dir_state(struct dir_state *ds)
+{
+    if (ds->sfd >= 0)
+        close(ds->sfd);
+    if (ds->dfd >= 0)
+        close(ds->dfd);
+    ds->sfd = ds->dfd = -1;
+}
 
 static int make_dest_dir(struct planner *p, int dparent, const char *dname, const struct stat *sst,
                          struct dir_state *ds)
@@ -583,23 +801,24 @@ static int make_dest_dir(struct planner *p, int dparent, const char *dname, cons
     return 0;
 }
 
-static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_state *ds)
+static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_state *ds,
+                         const char *disp)
 {
     const struct mpcp_opts *opt = p->opt;
     if (opt->p_xattr && ds->sfd >= 0) {
         int rc = mpcp_copy_xattrs(ds->sfd, ds->dfd, opt->p_xattr_quiet);
         if (rc < 0)
-            say(p, -rc, "setting attributes for %s", p->dst_disp.s, NULL);
+            say(p, -rc, "setting attributes for %s", disp, NULL);
     }
     if (opt->p_time) {
         struct timespec ts[2] = {sst->st_atim, sst->st_mtim};
         if (futimens(ds->dfd, ts) < 0)
-            say(p, errno, "preserving times for %s", p->dst_disp.s, NULL);
+            say(p, errno, "preserving times for %s", disp, NULL);
     }
     bool owner_failed = false;
     if (opt->p_owner && fchown(ds->dfd, sst->st_uid, sst->st_gid) < 0) {
         if (geteuid() == 0 || (errno != EPERM && errno != EINVAL))
-            say(p, errno, "failed to preserve ownership for %s", p->dst_disp.s, NULL);
+            say(p, errno, "failed to preserve ownership for %s", disp, NULL);
         owner_failed = true;
     }
     mode_t mode;
@@ -617,7 +836,7 @@ static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_s
         return;
     }
     if (fchmod(ds->dfd, mode) < 0)
-        say(p, errno, "setting permissions for %s", p->dst_disp.s, NULL);
+        say(p, errno, "setting permissions for %s", disp, NULL);
 }
 
 /* Copies one directory entry found during the walk. */
@@ -685,6 +904,7 @@ static int read_dir(struct planner *p, struct dir_state *ds, struct str *subdirs
 /* One folder on the walk's stack: open on both sides, its subfolders still to visit. */
 struct frame {
     struct dir_state ds;
+    struct folder *fo;
     struct stat sst;
     struct str subdirs; /* NUL-separated names */
     size_t next;        /* offset of the next name in subdirs */
@@ -742,22 +962,51 @@ static bool enter_dir(struct planner *p, int sparent, const char *sname, int dpa
     if (ds.sfd < 0)
         ds.sfd = -errno;
     f->ds = ds;
+    f->fo = calloc(1, sizeof *f->fo);
+    if (!f->fo) {
+        say(p, ENOMEM, "cannot copy %s", p->src_disp.s, NULL);
+        close_dir_state(&f->ds);
+        return false;
+    }
+    f->fo->parent = p->cur_folder;
+    f->fo->pending = 1;
+    if (f->fo->parent)
+        f->fo->parent->pending++;
+    p->cur_folder = f->fo;
     push_ancestor(p, &f->sst);
     read_contents(p, f, top);
     return true;
 }
 
-/* Ends a folder after all its children: now its metadata, as cp does. */
+/*
+ * Rule (1): a folder's metadata goes on when the folder is finished: walked,
+ * every task of its own reported and every subfolder finished. Then the
+ * parent may be finished in turn.
+ */
+static void folder_release(struct planner *p, struct folder *fo)
+{
+    while (fo && --fo->pending == 0) {
+        if (!p->opt->dry_run && fo->ds.dfd >= 0)
+            dir_metadata(p, &fo->sst, &fo->ds, fo->dst_disp ? fo->dst_disp : "");
+        close_dir_state(&fo->ds);
+        struct folder *parent = fo->parent;
+        free(fo->dst_disp);
+        free(fo);
+        fo = parent;
+    }
+}
+
+/* Ends a folder's walk: its metadata follows once its tasks have reported. */
 static void leave_dir(struct planner *p, struct frame *f)
 {
     p->n_anc--;
-    if (!p->opt->dry_run)
-        dir_metadata(p, &f->sst, &f->ds);
-    if (f->ds.sfd >= 0)
-        close(f->ds.sfd);
-    if (f->ds.dfd >= 0)
-        close(f->ds.dfd);
+    struct folder *fo = f->fo;
+    fo->sst = f->sst;
+    fo->ds = f->ds;
+    fo->dst_disp = strdup(p->dst_disp.s);
+    p->cur_folder = fo->parent;
     free(f->subdirs.s);
+    folder_release(p, fo);
 }
 
 static void restore_paths(struct planner *p, const size_t saved[4])
@@ -878,7 +1127,12 @@ struct operand {
     bool dst_slash;       /* DEST was typed with a trailing slash: it must be a folder */
     char *dst_disp;       /* how messages name the destination */
     int sparent, dparent; /* the roots */
-    const char *sbase, *dbase;
+    char *sbase;
+    const char *dbase;
+    int err;       /* opening the parent failed: reported in its turn */
+    uint32_t root; /* the executor's root */
+    bool dup_name; /* an earlier operand lands on the same name in the target folder */
+    bool made;     /* already_made() may look for it */
 };
 
 static void copy_top_file(struct planner *p, const struct operand *o, const struct stat *st)
@@ -938,10 +1192,7 @@ static void copy_operand_as(struct planner *p, const struct operand *o, const st
 
 static void copy_operand(struct planner *p, const struct operand *o)
 {
-    if (mpcp_exec_add_root(o->sparent, o->dparent, &p->root) < 0) {
-        say(p, EMFILE, "cannot copy %s", o->src_arg, NULL);
-        return;
-    }
+    p->root = o->root;
     if (!o->sbase || !o->dbase || str_set(&p->src_rel, o->sbase) < 0 ||
         str_set(&p->dst_rel, o->dbase) < 0 || str_set(&p->src_disp, o->src_arg) < 0 ||
         str_set(&p->dst_disp, o->dst_disp) < 0) {
@@ -957,7 +1208,6 @@ static void copy_operand(struct planner *p, const struct operand *o)
     if (already_made(p, o, &st))
         return;
     copy_operand_as(p, o, &st);
-    remember_made(p, o, &st);
 }
 
 static void copy_operand_as(struct planner *p, const struct operand *o, const struct stat *sp)
@@ -1060,60 +1310,155 @@ static char *strip_slashes(const char *dir)
     return strndup(dir, len);
 }
 
-static void run_into_dir(struct planner *p, const char *tdir, char **srcs, int n)
+/*
+ * The operands, opened before any copying: every root the workers need is
+ * registered before the pool forks them (they inherit the root fds; passing
+ * fds with every task would cost a sendmsg and two closes per task).
+ */
+struct plan {
+    struct operand *ops;
+    int n;
+    char *clean; /* the target folder as typed, without trailing slashes */
+};
+
+static int cmp_dbase(const void *a, const void *b)
+{
+    const struct operand *x = *(const struct operand *const *)a;
+    const struct operand *y = *(const struct operand *const *)b;
+    int c = strcmp(x->dbase ? x->dbase : "", y->dbase ? y->dbase : "");
+    return c ? c : (x > y) - (x < y);
+}
+
+/*
+ * Operands that land on one name need cp's "just-created" check, which looks
+ * at what the earlier one made: those few wait for the tasks in flight.
+ */
+static void mark_dup_names(struct plan *pl)
+{
+    struct operand **v = malloc((size_t)pl->n * sizeof(struct operand *));
+    if (!v)
+        return;
+    for (int i = 0; i < pl->n; i++)
+        v[i] = &pl->ops[i];
+    qsort(v, (size_t)pl->n, sizeof(struct operand *), cmp_dbase);
+    for (int i = 1; i < pl->n; i++)
+        if (v[i]->dbase && v[i - 1]->dbase && strcmp(v[i]->dbase, v[i - 1]->dbase) == 0)
+            v[i]->dup_name = true;
+    free(v);
+}
+
+static void register_root(struct operand *o)
+{
+    if (!o->err && mpcp_exec_add_root(o->sparent, o->dparent, &o->root) < 0)
+        o->err = EMFILE;
+}
+
+static void plan_into_dir(struct planner *p, struct plan *pl, const char *tdir, char **srcs, int n)
 {
     int tfd = open(tdir, O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (tfd < 0) {
         say(p, errno, "target directory %s", tdir, NULL);
         return;
     }
-    char *clean = strip_slashes(tdir);
+    pl->clean = strip_slashes(tdir);
+    pl->ops = calloc((size_t)n, sizeof *pl->ops);
+    if (!pl->clean || !pl->ops) {
+        say(p, ENOMEM, "target directory %s", tdir, NULL);
+        return;
+    }
     p->track_made = n > 1;
     clean_top_folder(p, tfd);
     struct parent_cache cache = {NULL, -1};
-    for (int i = 0; i < n && !p->stop && clean; i++) {
-        struct operand o = {srcs[i], false, NULL, -1, tfd, NULL, NULL};
-        char *sbase = NULL;
-        int rc = open_parent(&cache, srcs[i], &o.sparent, &sbase);
-        if (rc < 0 || !sbase) {
-            say(p, rc < 0 ? -rc : ENOMEM, "cannot stat %s", srcs[i], NULL);
+    for (int i = 0; i < n; i++) {
+        struct operand *o = &pl->ops[i];
+        *o = (struct operand){srcs[i], false, NULL, -1, tfd, NULL, NULL, 0, 0, false, false};
+        int rc = open_parent(&cache, srcs[i], &o->sparent, &o->sbase);
+        if (rc < 0 || !o->sbase) {
+            o->err = rc < 0 ? -rc : ENOMEM;
             continue;
         }
-        o.sbase = sbase;
-        o.dbase = sbase;
-        o.dst_disp = join(clean, sbase);
-        if (o.dst_disp)
-            copy_operand(p, &o);
-        free(o.dst_disp);
-        free(sbase);
+        o->dbase = o->sbase;
+        o->dst_disp = join(pl->clean, o->sbase);
+        if (!o->dst_disp)
+            o->err = ENOMEM;
+        register_root(o);
     }
+    pl->n = n;
     free(cache.dir);
-    free(clean);
+    if (p->track_made)
+        mark_dup_names(pl);
 }
 
-static void run_one(struct planner *p, const char *src, const char *dst)
+static void plan_one(struct planner *p, struct plan *pl, const char *src, const char *dst)
 {
-    struct operand o = {src, false, NULL, -1, -1, NULL, NULL};
-    o.dst_slash = *dst && dst[strlen(dst) - 1] == '/';
-    char *sbase = NULL, *dbase = NULL;
-    int rc = open_parent(NULL, src, &o.sparent, &sbase);
+    pl->ops = calloc(1, sizeof *pl->ops);
+    if (!pl->ops) {
+        say(p, ENOMEM, "cannot stat %s", src, NULL);
+        return;
+    }
+    struct operand *o = &pl->ops[0];
+    *o = (struct operand){src, false, NULL, -1, -1, NULL, NULL, 0, 0, false, false};
+    o->dst_slash = *dst && dst[strlen(dst) - 1] == '/';
+    char *dbase = NULL;
+    int rc = open_parent(NULL, src, &o->sparent, &o->sbase);
     if (rc < 0) {
         say(p, -rc, "cannot stat %s", src, NULL);
         return;
     }
-    rc = open_parent(NULL, dst, &o.dparent, &dbase);
+    rc = open_parent(NULL, dst, &o->dparent, &dbase);
     if (rc < 0) {
         say(p, -rc, "cannot create regular file %s", dst, NULL);
-        free(sbase);
         return;
     }
-    o.sbase = sbase;
-    o.dbase = dbase;
-    o.dst_disp = (char *)dst;
-    clean_top_folder(p, o.dparent);
-    copy_operand(p, &o);
-    free(sbase);
-    free(dbase);
+    /* The destination's base name lives as long as the plan, in clean. */
+    pl->clean = dbase;
+    o->dbase = dbase;
+    o->dst_disp = strdup(dst);
+    if (!o->dst_disp)
+        o->err = ENOMEM;
+    clean_top_folder(p, o->dparent);
+    register_root(o);
+    pl->n = 1;
+}
+
+/* Lets already_made() see what the earlier operands of this name made. */
+static void settle_dup(struct planner *p, struct plan *pl, int i)
+{
+    drain(p);
+    for (int j = 0; j < i; j++) {
+        struct operand *o = &pl->ops[j];
+        if (o->err || o->made || !o->dbase || strcmp(o->dbase, pl->ops[i].dbase) != 0)
+            continue;
+        int follow = p->opt->deref == MPCP_DEREF_NEVER ? AT_SYMLINK_NOFOLLOW : 0;
+        struct stat st;
+        if (fstatat(o->sparent, o->sbase, &st, follow) == 0)
+            remember_made(p, o, &st);
+        o->made = true;
+    }
+}
+
+static void copy_plan(struct planner *p, struct plan *pl)
+{
+    for (int i = 0; i < pl->n && !p->stop && !mpcp_interrupted; i++) {
+        struct operand *o = &pl->ops[i];
+        if (o->err) {
+            say(p, o->err, "cannot stat %s", o->src_arg, NULL);
+            continue;
+        }
+        if (o->dup_name)
+            settle_dup(p, pl, i);
+        copy_operand(p, o);
+    }
+}
+
+static void free_plan(struct plan *pl)
+{
+    for (int i = 0; i < pl->n; i++) {
+        free(pl->ops[i].sbase);
+        free(pl->ops[i].dst_disp);
+    }
+    free(pl->ops);
+    free(pl->clean);
 }
 
 static bool is_dir(const char *path, int *err)
@@ -1134,12 +1479,12 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void dispatch(struct planner *p)
+static void plan_operands(struct planner *p, struct plan *pl)
 {
     struct mpcp_opts *opt = p->opt;
     int n = opt->n_operands;
     if (opt->target_dir) {
-        run_into_dir(p, opt->target_dir, opt->operands, n);
+        plan_into_dir(p, pl, opt->target_dir, opt->operands, n);
         return;
     }
     const char *last = opt->operands[n - 1];
@@ -1149,33 +1494,73 @@ static void dispatch(struct planner *p)
             say(p, err, "target %s", last, NULL);
             return;
         }
-        run_into_dir(p, last, opt->operands, n - 1);
+        plan_into_dir(p, pl, last, opt->operands, n - 1);
         return;
     }
-    run_one(p, opt->operands[0], last);
+    plan_one(p, pl, opt->operands[0], last);
 }
 
-int mpcp_run(struct mpcp_opts *opt)
+/*
+ * -j 1 copies in this process, the lean path. Otherwise the pool is made
+ * now, after the roots and before the progress thread: workers are forks of
+ * a process with no thread of ours.
+ */
+/* One file has nothing to share among workers: it is copied here. */
+static bool worth_workers(const struct planner *p, const struct plan *pl)
 {
-    struct planner *p = calloc(1, sizeof *p);
-    if (!p) {
-        mpcp_error(ENOMEM, "cannot start");
-        return 1;
+    if (p->opt->jobs <= 1 || p->opt->dry_run || pl->n == 0)
+        return false;
+    if (pl->n > 1)
+        return true;
+    const struct operand *o = &pl->ops[0];
+    int follow = p->opt->deref == MPCP_DEREF_NEVER ? AT_SYMLINK_NOFOLLOW : 0;
+    struct stat st;
+    return !o->err && o->sbase && p->opt->recursive &&
+           fstatat(o->sparent, o->sbase, &st, follow) == 0 && S_ISDIR(st.st_mode);
+}
+
+static void start_workers(struct planner *p, const struct plan *pl)
+{
+    if (!worth_workers(p, pl))
+        return;
+    p->max_fly = (size_t)p->opt->jobs * 4;
+    p->fly = calloc(p->max_fly, sizeof *p->fly);
+    p->fly_r = calloc(p->max_fly, sizeof(mproc_result *));
+    if (!p->fly || !p->fly_r || mpcp_workers_start(&p->pool, p->opt->jobs) < 0)
+        p->pool = NULL; /* copy here, as with -j 1 */
+}
+
+/*
+ * The end of the run. After Ctrl-C the workers are stopped at once (they
+ * remove their temporaries on SIGTERM); what a SIGKILLed one left is swept
+ * from the folders of the tasks in flight once every worker is reaped.
+ */
+static void stop_workers(struct planner *p)
+{
+    if (!p->pool) {
+        free(p->fly);
+        free(p->fly_r);
+        return;
     }
-    p->opt = opt;
-    mpcp_exec_set_options(opt);
-    double t0 = now_seconds();
-    mpcp_progress_start(&p->prog, opt);
-    current = p;
-    if (p->prog)
-        mpcp_set_data_progress(on_data);
-    dispatch(p);
-    mpcp_set_data_progress(NULL);
-    mpcp_progress_stop(&p->prog);
-    p->st.seconds = now_seconds() - t0;
-    fflush(stdout);
-    mpcp_report_summary(opt, &p->st);
-    int status = p->status;
+    drain(p);
+    if (mpcp_interrupted) {
+        mproc_pool_terminate(p->pool);
+        mproc_pool_destroy(&p->pool);
+        for (size_t i = 0; i < p->n_fly; i++)
+            remove_stale(p->fly[i].dfd);
+        while (p->n_fly > 0)
+            complete(p, p->n_fly - 1);
+    } else {
+        mproc_pool_close(p->pool);
+        mproc_pool_join(p->pool, MPROC_WAIT_FOREVER);
+        mproc_pool_destroy(&p->pool);
+    }
+    free(p->fly);
+    free(p->fly_r);
+}
+
+static void free_planner(struct planner *p)
+{
     mpcp_exec_reset();
     for (size_t i = 0; i < p->cap_links; i++) {
         free(p->links[i].path);
@@ -1191,5 +1576,34 @@ int mpcp_run(struct mpcp_opts *opt)
     mpcp_buf_free(&p->task);
     mpcp_buf_free(&p->result);
     free(p);
+}
+
+int mpcp_run(struct mpcp_opts *opt)
+{
+    struct planner *p = calloc(1, sizeof *p);
+    if (!p) {
+        mpcp_error(ENOMEM, "cannot start");
+        return 1;
+    }
+    p->opt = opt;
+    mpcp_exec_set_options(opt);
+    double t0 = now_seconds();
+    struct plan pl = {NULL, 0, NULL};
+    plan_operands(p, &pl);
+    start_workers(p, &pl);
+    mpcp_progress_start(&p->prog, opt);
+    current = p;
+    if (p->prog)
+        mpcp_set_data_progress(on_data);
+    copy_plan(p, &pl);
+    stop_workers(p);
+    mpcp_set_data_progress(NULL);
+    mpcp_progress_stop(&p->prog);
+    p->st.seconds = now_seconds() - t0;
+    fflush(stdout);
+    mpcp_report_summary(opt, &p->st);
+    int status = p->status;
+    free_plan(&pl);
+    free_planner(p);
     return status;
 }
