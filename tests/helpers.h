@@ -35,7 +35,10 @@ bool test_wait_pid_dead(pid_t pid, int timeout_ms);
 /* Monotonic milliseconds. */
 int64_t test_now_ms(void);
 
-/* Number of entries in /dev/shm (to show that nothing named was left there). */
+/*
+ * Number of entries in /dev/shm (to show that nothing named was left there),
+ * not counting those other suites running at the same time make.
+ */
 int test_count_dev_shm(void);
 
 #endif

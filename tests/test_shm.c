@@ -22,21 +22,6 @@
 /* Named blocks of this suite start with this; other suites may run at the same time. */
 #define TEST_PREFIX "mproc-test-"
 
-/* Entries in /dev/shm other than this suite's named blocks. */
-static int count_other_dev_shm(void)
-{
-    DIR *dir = opendir("/dev/shm");
-    cr_assert_not_null(dir);
-    int n = 0;
-    struct dirent *entry;
-    while ((entry = readdir(dir)))
-        /* bxfi_<pid>: Criterion's own arenas, made and removed by parallel test runs. */
-        n += entry->d_name[0] != '.' && strncmp(entry->d_name, TEST_PREFIX, 11) != 0 &&
-             strncmp(entry->d_name, "bxfi_", 5) != 0;
-    closedir(dir);
-    return n;
-}
-
 /* Whether /dev/shm holds name ("/x"). */
 static bool dev_shm_has(const char *name)
 {
@@ -368,7 +353,7 @@ static int write_hello(void *arg)
 Test(shm, anonymous_block_shared_and_leaves_nothing, .timeout = 10)
 {
     int fds = test_count_fds();
-    int others = count_other_dev_shm();
+    int others = test_count_dev_shm();
     cr_assert_eq(count_mappings("memfd:mproc-shared-memory"), 0);
     mproc_shared_memory *shm, *view;
     cr_assert_eq(mproc_shared_memory_create(&shm, 10000), 0);
@@ -401,7 +386,7 @@ Test(shm, anonymous_block_shared_and_leaves_nothing, .timeout = 10)
     cr_assert_eq(mproc_shared_memory_destroy(&view), 0);
     cr_assert_eq(count_mappings("memfd:mproc-shared-memory"), 0);
     cr_assert_eq(test_count_fds(), fds);
-    cr_assert_eq(count_other_dev_shm(), others);
+    cr_assert_eq(test_count_dev_shm(), others);
 }
 
 static void unique_name(char *name, size_t size, const char *what)
@@ -485,9 +470,9 @@ static _Noreturn int create_everything_and_die(void *arg)
 
 Test(shm, crash_of_creator_leaves_no_name, .timeout = 10)
 {
-    int others = count_other_dev_shm();
+    int others = test_count_dev_shm();
     test_join_expect(test_start(create_everything_and_die, NULL), -SIGKILL);
-    cr_assert_eq(count_other_dev_shm(), others);
+    cr_assert_eq(test_count_dev_shm(), others);
 }
 
 Test(shm, shared_memory_bad_input, .timeout = 10)

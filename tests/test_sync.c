@@ -1028,19 +1028,6 @@ Test(sync, barrier_eintr_leaves_it_whole, .timeout = 30)
 
 /* ---- misuse and leaks ---- */
 
-/* Entries in /dev/shm, except the test_shm suite's named blocks (it may run meanwhile). */
-static int count_other_dev_shm(void)
-{
-    DIR *dir = opendir("/dev/shm");
-    cr_assert_not_null(dir);
-    int n = 0;
-    struct dirent *entry;
-    while ((entry = readdir(dir)))
-        n += entry->d_name[0] != '.' && strncmp(entry->d_name, "mproc-test-", 11) != 0;
-    closedir(dir);
-    return n;
-}
-
 Test(sync, bad_input, .timeout = 10)
 {
     mproc_lock *lock = NULL;
@@ -1097,7 +1084,7 @@ Test(sync, bad_input, .timeout = 10)
 Test(sync, no_descriptor_left_after_destroy, .timeout = 10)
 {
     int before = test_count_fds();
-    int shm_before = count_other_dev_shm();
+    int shm_before = test_count_dev_shm();
     for (int round = 0; round < 3; round++) {
         mproc_lock *lock, *rlock, *view;
         mproc_semaphore *sem;
@@ -1125,5 +1112,5 @@ Test(sync, no_descriptor_left_after_destroy, .timeout = 10)
         cr_assert_eq(mproc_lock_destroy(&lock), 0);
     }
     cr_assert_eq(test_count_fds(), before);
-    cr_assert_eq(count_other_dev_shm(), shm_before);
+    cr_assert_eq(test_count_dev_shm(), shm_before);
 }
