@@ -416,4 +416,18 @@ static inline void compare_trees(int a, int b, unsigned flags)
     free(mb.v);
 }
 
+/* mpcp's temporaries (".mpcp-<pid>-<n>~name") left in a folder. */
+static inline int count_temporaries(int dir)
+{
+    size_t n;
+    char **names = list_names(dir, &n);
+    int temps = 0;
+    for (size_t i = 0; i < n; i++) {
+        temps += strncmp(names[i], ".mpcp-", 6) == 0;
+        free(names[i]);
+    }
+    free(names);
+    return temps;
+}
+
 #endif

@@ -84,19 +84,6 @@ static void write_pattern(int dir, const char *name, size_t size)
     close(fd);
 }
 
-static int count_temporaries(int dir)
-{
-    size_t n;
-    char **names = list_names(dir, &n);
-    int temps = 0;
-    for (size_t i = 0; i < n; i++) {
-        temps += strncmp(names[i], ".mpcp-", 6) == 0;
-        free(names[i]);
-    }
-    free(names);
-    return temps;
-}
-
 static void same_file_content(int da, const char *a, int db, const char *b)
 {
     struct stat sa, sb;

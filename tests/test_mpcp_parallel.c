@@ -38,19 +38,6 @@ static void run(struct run_result *r, const char *const *args)
     run_in(work, false, argv, r);
 }
 
-static int count_temporaries(int dir)
-{
-    size_t n;
-    char **names = list_names(dir, &n);
-    int temps = 0;
-    for (size_t i = 0; i < n; i++) {
-        temps += strncmp(names[i], ".mpcp-", 6) == 0;
-        free(names[i]);
-    }
-    free(names);
-    return temps;
-}
-
 static void write_sized(int dir, const char *name, size_t size, mode_t mode)
 {
     int fd = openat(dir, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
