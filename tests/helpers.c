@@ -65,23 +65,35 @@ static bool read_stat(pid_t pid, char *state, pid_t *ppid)
     return true;
 }
 
-int test_count_zombie_children(void)
+/* Children of the calling process in /proc; only zombies if zombies_only. */
+static int count_children(bool zombies_only)
 {
     DIR *dir = opendir("/proc");
     if (!dir)
         return -1;
-    int zombies = 0;
+    int n = 0;
     pid_t self = getpid();
     struct dirent *entry;
     while ((entry = readdir(dir))) {
         pid_t pid = (pid_t)atoi(entry->d_name);
         char state;
         pid_t ppid;
-        if (pid > 0 && read_stat(pid, &state, &ppid) && ppid == self && state == 'Z')
-            zombies++;
+        if (pid > 0 && read_stat(pid, &state, &ppid) && ppid == self &&
+            (!zombies_only || state == 'Z'))
+            n++;
     }
     closedir(dir);
-    return zombies;
+    return n;
+}
+
+int test_count_zombie_children(void)
+{
+    return count_children(true);
+}
+
+int test_count_children(void)
+{
+    return count_children(false);
 }
 
 char test_process_state(pid_t pid)

@@ -26,6 +26,9 @@ int test_count_fds(void);
 /* Number of zombie children of the calling process, from /proc. */
 int test_count_zombie_children(void);
 
+/* Number of children of the calling process, running or not, from /proc. */
+int test_count_children(void);
+
 /* Process state letter from /proc/<pid>/stat ('R', 'S', 'Z', ...), or 0 if gone. */
 char test_process_state(pid_t pid);
 

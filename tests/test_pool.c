@@ -94,34 +94,6 @@ static int64_t get_i64(mproc_result *result)
     return v;
 }
 
-/* Child processes of ours still around (the fork server while the pool lives). */
-static int count_children(void)
-{
-    DIR *dir = opendir("/proc");
-    int n = 0;
-    struct dirent *e;
-    while ((e = readdir(dir))) {
-        char path[300], buf[512];
-        pid_t pid = (pid_t)atoi(e->d_name);
-        if (pid <= 0)
-            continue;
-        snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
-        FILE *f = fopen(path, "re");
-        if (!f)
-            continue;
-        size_t got = fread(buf, 1, sizeof(buf) - 1, f);
-        fclose(f);
-        buf[got] = '\0';
-        char *p = strrchr(buf, ')');
-        int ppid = 0;
-        char state;
-        if (p && sscanf(p + 1, " %c %d", &state, &ppid) == 2 && ppid == getpid())
-            n++;
-    }
-    closedir(dir);
-    return n;
-}
-
 /* ---- correctness ---- */
 
 Test(pool, hundred_thousand_tasks_correct, .timeout = 120)
@@ -139,7 +111,7 @@ Test(pool, hundred_thousand_tasks_correct, .timeout = 120)
     free(results);
     cr_assert_eq(mproc_pool_destroy(&pool), 0);
     cr_assert_null(pool);
-    cr_assert_eq(count_children(), 0, "processes left after destroy");
+    cr_assert_eq(test_count_children(), 0, "processes left after destroy");
     cr_assert_eq(test_count_zombie_children(), 0);
 }
 
@@ -299,7 +271,7 @@ Test(pool, worker_killed_fails_its_task_and_is_replaced, .timeout = 60)
     cr_assert(strstr(mproc_result_error(r), "signal 11"), "%s", mproc_result_error(r));
     mproc_result_destroy(&r);
     mproc_pool_destroy(&pool);
-    cr_assert_eq(count_children(), 0);
+    cr_assert_eq(test_count_children(), 0);
 }
 
 Test(pool, tasks_queued_behind_a_dead_worker_still_run, .timeout = 60)
@@ -431,7 +403,7 @@ Test(pool, terminate_fails_pending_and_leaves_no_process, .timeout = 60)
     cr_assert_eq(mproc_pool_apply_async(pool, square, &x, sizeof(x), NULL, NULL, NULL, NULL),
                  MPROC_ECLOSED);
     mproc_pool_destroy(&pool);
-    cr_assert_eq(count_children(), 0);
+    cr_assert_eq(test_count_children(), 0);
     cr_assert_eq(test_count_zombie_children(), 0);
 }
 
@@ -450,7 +422,7 @@ Test(pool, close_then_join_finishes_the_work, .timeout = 60)
         mproc_result_destroy(&results[i]);
     }
     mproc_pool_destroy(&pool);
-    cr_assert_eq(count_children(), 0);
+    cr_assert_eq(test_count_children(), 0);
 }
 
 /* In a child: makes a pool, reports its workers' pids, then waits to be killed. */
@@ -526,7 +498,7 @@ static int ctrl_c_child(void *arg)
         return 4;
     mproc_result_destroy(&r);
     mproc_pool_destroy(&pool);
-    return count_children() == 0 ? 0 : 5;
+    return test_count_children() == 0 ? 0 : 5;
 }
 
 Test(pool, ctrl_c_interrupts_the_wait_and_cleans_up, .timeout = 60)

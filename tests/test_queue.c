@@ -93,10 +93,17 @@ Test(queue, fifo_across_processes, .timeout = 20)
     cr_assert_eq(mproc_queue_destroy(&queue), 0);
 }
 
-static int put_0_to_999(void *arg)
+/* Puts the values 0 .. count-1, as ints, on a queue. */
+struct counted_puts {
+    mproc_queue *queue;
+    int count;
+};
+
+static int put_counted(void *arg)
 {
-    for (uint64_t i = 0; i < 1000; i++) {
-        if (mproc_queue_put(arg, &i, sizeof(i), 5000) < 0)
+    const struct counted_puts *job = arg;
+    for (int i = 0; i < job->count; i++) {
+        if (mproc_queue_put(job->queue, &i, sizeof(i), 5000) < 0)
             return 1;
     }
     return 0;
@@ -107,13 +114,14 @@ Test(queue, child_to_parent, .timeout = 20)
     mproc_queue *queue;
     /* A small ring: the producer must wait for room, and be woken. */
     cr_assert_eq(mproc_queue_create(&queue, 0, 4096), 0);
-    mproc_process *child = test_start(put_0_to_999, queue);
-    for (uint64_t i = 0; i < 1000; i++) {
+    struct counted_puts job = {.queue = queue, .count = 1000};
+    mproc_process *child = test_start(put_counted, &job);
+    for (int i = 0; i < 1000; i++) {
         void *data;
         size_t len;
         cr_assert_eq(mproc_queue_get(queue, &data, &len, 5000), 0);
-        cr_assert_eq(len, sizeof(uint64_t));
-        cr_assert_eq(*(uint64_t *)data, i);
+        cr_assert_eq(len, sizeof(int));
+        cr_assert_eq(*(int *)data, i);
         free(data);
     }
     cr_assert_eq(test_join_code(child), 0);
@@ -441,20 +449,12 @@ Test(queue, close_wakes_waiters_in_other_processes, .timeout = 20)
 
 /* ---- dead peers ---- */
 
-static int put_five_and_exit(void *arg)
-{
-    for (int i = 0; i < 5; i++) {
-        if (mproc_queue_put(arg, &i, sizeof(i), 5000) < 0)
-            return 1;
-    }
-    return 0;
-}
-
 Test(queue, get_fails_when_producers_are_gone, .timeout = 20)
 {
     mproc_queue *queue;
     cr_assert_eq(mproc_queue_create(&queue, 0, 0), 0);
-    mproc_process *child = test_start(put_five_and_exit, queue);
+    struct counted_puts job = {.queue = queue, .count = 5};
+    mproc_process *child = test_start(put_counted, &job);
     int value;
     size_t len;
     for (int i = 0; i < 5; i++) {
