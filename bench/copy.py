@@ -1,12 +1,14 @@
 """bench/run copy: mpcp against cp -a, rsync -a, tar | tar and the
 tutorial's Python pool copier, on three datasets (20,000 x 4 KiB files in 200
-folders; 2,000 files of 1 KiB to 8 MiB; 4 x 512 MiB files), on tmpfs
+folders; 2,000 files of 1 KiB to 8 MiB; 4 x 512 MiB files), and on the large
+files also against the floor: a plain copy_file_range loop in one process
+(bench/cfr_copy.c, next to mpcp's build in bench/), on tmpfs
 (/dev/shm) and on the work disk (ext4 here). Warm page cache: the source is
 read once before timing. Each tool copies into a fresh destination; median of
 rounds; every copy is checked with scripts/check-copy (contents and sizes)
 once per tool and dataset.
 
-usage: copy.py MPCP [--rounds N] [--only DATASET] [--fs tmpfs,disk]
+usage: copy.py MPCP [--cfr CFR_COPY] [--rounds N] [--only DATASET] [--fs tmpfs,disk]
 Prints JSON lines: mpcp's seconds with each tool's seconds as the reference."""
 import argparse
 import json
@@ -48,12 +50,13 @@ def make_large(path):
                 f.write(block)
 
 
-DATASETS = {"20k x 4KiB": make_small, "2k x 1KiB-8MiB": make_mixed, "4 x 512MiB": make_large}
+LARGE = "4 x 512MiB"
+DATASETS = {"20k x 4KiB": make_small, "2k x 1KiB-8MiB": make_mixed, LARGE: make_large}
 
 
-def tools(mpcp):
+def tools(mpcp, cfr, dataset):
     py = [sys.executable, os.path.join(HERE, "python", "tutorial_copy.py")]
-    return {
+    found = {
         "mpcp -a": lambda s, d: [[mpcp, "-a", s, d]],
         "cp -a": lambda s, d: [["cp", "-a", s, d]],
         "rsync -a": lambda s, d: [["rsync", "-a", s + "/", d + "/"]],
@@ -61,6 +64,10 @@ def tools(mpcp):
                                     "tar", s, d]],
         "python tutorial Pool(5) copier": lambda s, d: [py + [s, d]],
     }
+    # The floor for large files, where the data copy is all there is to measure.
+    if dataset == LARGE and cfr and os.access(cfr, os.X_OK):
+        found["copy_file_range loop"] = lambda s, d: [[cfr, s, d]]
+    return found
 
 
 def run_once(argv_list, dst):
@@ -86,10 +93,15 @@ def same_contents(src, dst):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("mpcp")
+    ap.add_argument("--cfr", default=None,
+                    help="the copy_file_range loop (default: bench/cfr_copy in mpcp's build)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default=None)
     ap.add_argument("--fs", default="tmpfs,disk")
     args = ap.parse_args()
+    if args.cfr is None:  # MPCP is BUILD/tools/mpcp/mpcp
+        build = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(args.mpcp))))
+        args.cfr = os.path.join(build, "bench", "cfr_copy")
     places = {"tmpfs": "/dev/shm/mproc-bench-copy",
               "disk": os.path.join(ROOT, "build-bench", "copy-bench")}
     for fs in args.fs.split(","):
@@ -106,9 +118,10 @@ def main():
                 subprocess.run(["sh", "-c", 'find "$1" -type f -exec cat {} + >/dev/null', "warm", src])
                 dst = os.path.join(base, "dst")
                 # Tools take turns within each round, so that all see the same noise.
-                samples = {tool: [] for tool in tools(args.mpcp)}
+                chosen = tools(args.mpcp, args.cfr, name)
+                samples = {tool: [] for tool in chosen}
                 for r in range(args.rounds):
-                    for tool, argv in tools(args.mpcp).items():
+                    for tool, argv in chosen.items():
                         slow = tool.startswith("python") and name == "20k x 4KiB"
                         if slow and r > 0:
                             continue  # the tutorial's copier takes half a minute here: once

@@ -32,6 +32,12 @@
 #define QUEUED_WORK_NS  2000000.0
 #define RESULT_BATCH    64
 #define HOUSEKEEPING_MS 100
+#define TASK_RING       (1 << 20)
+/*
+ * A task message this large streams through its worker's ring in parts, so
+ * it can only be sent whole to a worker that is reading: an idle one.
+ */
+#define STREAMED_TASK (TASK_RING / 4)
 
 enum pool_state { POOL_RUNNING, POOL_CLOSED, POOL_TERMINATED, POOL_BROKEN };
 
@@ -60,6 +66,7 @@ struct worker_state {
     bool up;
     bool spawning;
     bool stop_sent;
+    bool lost; /* an MPI rank that failed: never asked back */
     pid_t pid;
     uint32_t generation;
     unsigned dispatched; /* since it started, for max_tasks_per_child */
@@ -100,7 +107,20 @@ struct mproc_pool {
     size_t window;
     _Atomic uint32_t all_down; /* futex word for join() */
     const char *broken_reason;
+    struct mproc__mpi_proxy *mpi; /* stands in for the fork server over MPI */
+    int proxy_sock;               /* the proxy's end of server_sock */
 };
+
+/* Joins the MPI proxy after server_sock was closed (which tells it to stop the ranks). */
+static void stop_proxy(mproc_pool *pool)
+{
+#ifdef MPROC_HAVE_MPI
+    if (pool->mpi)
+        mproc__mpi_proxy_stop(&pool->mpi);
+#endif
+    mproc__close(pool->proxy_sock);
+    pool->proxy_sock = -1;
+}
 
 static bool valid(const mproc_pool *pool)
 {
@@ -250,11 +270,12 @@ static bool can_take(const mproc_pool *pool, int w)
     return !max || ws->dispatched < max;
 }
 
-static int pick_worker(const mproc_pool *pool)
+static int pick_worker(const mproc_pool *pool, const struct task *t)
 {
     int best = -1;
+    bool streamed = t->msg_len > STREAMED_TASK;
     for (int w = 0; w < pool->workers; w++) {
-        if (can_take(pool, w) &&
+        if (can_take(pool, w) && (!streamed || pool->ws[w].inflight.count == 0) &&
             (best < 0 || pool->ws[w].inflight.count < pool->ws[best].inflight.count))
             best = w;
     }
@@ -264,7 +285,9 @@ static int pick_worker(const mproc_pool *pool)
 /* Sends t to worker w; false if its queue is full (t stays pending). */
 static bool send_task(mproc_pool *pool, struct task *t, int w)
 {
-    if (mproc_queue_put(pool->task_q[w], t->msg, t->msg_len, 0) != 0)
+    /* An idle worker takes a streamed task as fast as it is written: wait for it. */
+    int timeout_ms = t->msg_len > STREAMED_TASK ? MPROC_WAIT_FOREVER : 0;
+    if (mproc_queue_put(pool->task_q[w], t->msg, t->msg_len, timeout_ms) != 0)
         return false;
     if (t->nfds) {
         /* The worker matches descriptors to the task by this tag. */
@@ -279,10 +302,10 @@ static bool send_task(mproc_pool *pool, struct task *t, int w)
 static void dispatch(mproc_pool *pool)
 {
     while (pool->pending.head) {
-        int w = pick_worker(pool);
+        struct task *t = pool->pending.head;
+        int w = pick_worker(pool, t);
         if (w < 0)
             return;
-        struct task *t = pool->pending.head;
         list_remove(&pool->pending, t);
         if (!send_task(pool, t, w)) {
             list_push(&pool->pending, t, true);
@@ -412,6 +435,22 @@ static void describe_death(char *out, size_t cap, pid_t pid, int wstatus, bool t
     }
 }
 
+static void fail_everything(mproc_pool *pool, int status, const char *why, struct done_list *done);
+
+/* Over MPI a failed rank does not come back: with none left, the pool cannot go on. */
+static void break_if_all_lost(mproc_pool *pool, struct done_list *done)
+{
+    for (int w = 0; w < pool->workers; w++) {
+        if (!pool->ws[w].lost)
+            return;
+    }
+    if (pool->state == POOL_BROKEN)
+        return;
+    pool->state = POOL_BROKEN;
+    pool->broken_reason = "every MPI worker rank has failed";
+    fail_everything(pool, MPROC_EBROKEN, pool->broken_reason, done);
+}
+
 /* Puts t back at the front of the pending list, to run on another worker. */
 static void requeue(mproc_pool *pool, struct task *t)
 {
@@ -424,14 +463,16 @@ static void requeue(mproc_pool *pool, struct task *t)
  * A worker ended. The task it was running fails (or runs again once); the
  * tasks queued on it never started, so they go back to pending, in order.
  */
-static void handle_death(mproc_pool *pool, const struct pool_res_msg *msg, struct done_list *done)
+static void handle_death(mproc_pool *pool, const struct pool_res_msg *msg, const char *text,
+                         struct done_list *done)
 {
     int w = msg->worker;
-    if (w < 0 || w >= pool->workers)
+    if (w < 0 || w >= pool->workers || pool->ws[w].lost)
         return;
     struct worker_state *ws = &pool->ws[w];
     ws->up = false;
     ws->spawning = false;
+    ws->lost = msg->wstatus == WORKER_LOST;
     uint64_t running = atomic_exchange(&pool->slots[w].current, 0);
     /* Whatever is still in its queue never started: empty it, the records are here. */
     size_t len;
@@ -454,9 +495,13 @@ static void handle_death(mproc_pool *pool, const struct pool_res_msg *msg, struc
         char why[256];
         describe_death(why, sizeof(why), msg->pid, msg->wstatus, t->timed_out,
                        pool->options.task_timeout_ms);
-        fail_task(pool, t, t->timed_out ? -ETIMEDOUT : MPROC_EWORKERDIED, why, done);
+        fail_task(pool, t, t->timed_out ? -ETIMEDOUT : MPROC_EWORKERDIED, text ? text : why, done);
     }
     ws->stop_sent = false;
+    if (ws->lost) {
+        break_if_all_lost(pool, done);
+        return;
+    }
     bool work_left = outstanding(pool) > 0;
     if (pool->state == POOL_RUNNING || (pool->state == POOL_CLOSED && work_left))
         request_spawn(pool, w);
@@ -491,9 +536,15 @@ static void handle_message(mproc_pool *pool, void *buf, size_t len, struct done_
     case RES_CHUNK:
         handle_done(pool, buf, len, done);
         return;
-    case RES_WORKER_DIED:
-        handle_death(pool, &msg, done);
+    case RES_WORKER_DIED: {
+        /* Over MPI the proxy explains the death in text after the header. */
+        char text[513];
+        size_t n = len - sizeof(msg) < sizeof(text) - 1 ? len - sizeof(msg) : sizeof(text) - 1;
+        memcpy(text, (const char *)buf + sizeof(msg), n);
+        text[n] = '\0';
+        handle_death(pool, &msg, n ? text : NULL, done);
         break;
+    }
     case RES_WORKER_UP:
         handle_up(pool, &msg);
         break;
@@ -534,8 +585,28 @@ static void fail_everything(mproc_pool *pool, int status, const char *why, struc
     }
 }
 
+#ifdef MPROC_HAVE_MPI
+static void check_proxy(mproc_pool *pool, struct done_list *done)
+{
+    const char *failure = mproc__mpi_proxy_failure(pool->mpi);
+    if (!failure || pool->state == POOL_BROKEN)
+        return;
+    pool->state = POOL_BROKEN;
+    pool->broken_reason = failure;
+    fail_everything(pool, MPROC_EBROKEN, pool->broken_reason, done);
+    for (int w = 0; w < pool->workers; w++)
+        pool->ws[w].up = pool->ws[w].spawning = false;
+}
+#endif
+
 static void check_server(mproc_pool *pool, struct done_list *done)
 {
+#ifdef MPROC_HAVE_MPI
+    if (pool->mpi) {
+        check_proxy(pool, done);
+        return;
+    }
+#endif
     if (pool->server_pid <= 0 || pool->state == POOL_BROKEN)
         return;
     siginfo_t info;
@@ -554,7 +625,7 @@ static void update_all_down(mproc_pool *pool)
 {
     bool down = pool->state != POOL_RUNNING;
     for (int w = 0; w < pool->workers && down; w++)
-        down = !pool->ws[w].up && !pool->ws[w].spawning;
+        down = pool->ws[w].lost || (!pool->ws[w].up && !pool->ws[w].spawning);
     if (down && !atomic_exchange(&pool->all_down, 1))
         mproc__futex_wake(&pool->all_down, INT32_MAX);
 }
@@ -628,7 +699,7 @@ static int make_channels(mproc_pool *pool)
 {
     int rc = mproc_queue_create(&pool->result_q, 0, 0);
     for (int w = 0; w < pool->workers && rc == 0; w++) {
-        rc = mproc_queue_create(&pool->task_q[w], 0, 1 << 20);
+        rc = mproc_queue_create(&pool->task_q[w], 0, TASK_RING);
         int pair[2];
         if (rc == 0 && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
             rc = -errno;
@@ -730,6 +801,7 @@ static int alloc_pool(mproc_pool **out, const mproc_pool_options *options)
     pool->owner_generation = mproc__fork_generation();
     pool->workers = workers;
     pool->server_sock = -1;
+    pool->proxy_sock = -1;
     pool->event_fd = -1;
     pool->slots_region.fd = -1;
     pool->window = MIN_WINDOW;
@@ -749,15 +821,143 @@ static int alloc_pool(mproc_pool **out, const mproc_pool_options *options)
     return 0;
 }
 
+int mproc_pool_launched_ranks(void)
+{
+    /* Open MPI, then PMI-1/2 (MPICH's Hydra, Slurm's srun --mpi=pmi2), then PMIx. */
+    static const char *const vars[] = {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"};
+    for (size_t i = 0; i < sizeof(vars) / sizeof(vars[0]); i++) {
+        const char *v = getenv(vars[i]);
+        if (v && atoi(v) > 0)
+            return atoi(v);
+    }
+    return 1;
+}
+
+mproc_pool_backend mproc_pool_auto_backend(void)
+{
+    const char *env = getenv("MPROC_POOL_BACKEND");
+    if (env && strcmp(env, "mpi") == 0)
+        return MPROC_POOL_MPI;
+    if (env && strcmp(env, "local") == 0)
+        return MPROC_POOL_LOCAL;
+    return mproc_pool_mpi_available() && mproc_pool_launched_ranks() > 1 ? MPROC_POOL_MPI
+                                                                         : MPROC_POOL_LOCAL;
+}
+
+static mproc_pool_backend choose_backend(const mproc_pool_options *options)
+{
+    mproc_pool_backend backend = options ? options->backend : MPROC_POOL_AUTO;
+    return backend != MPROC_POOL_AUTO ? backend : mproc_pool_auto_backend();
+}
+
+bool mproc_pool_mpi_available(void)
+{
+#ifdef MPROC_HAVE_MPI
+    return true;
+#else
+    return false;
+#endif
+}
+
+static void release_comm(void *comm)
+{
+#ifdef MPROC_HAVE_MPI
+    mproc__mpi_release(comm);
+#else
+    (void)comm;
+#endif
+}
+
+/* Starts the proxy thread in place of the fork server (see mpi/pool_mpi.c); takes comm. */
+static int start_proxy(mproc_pool *pool, void *comm)
+{
+#ifdef MPROC_HAVE_MPI
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+        mproc__mpi_release(comm);
+        return -errno;
+    }
+    struct pool_process_config config = {
+        .workers = pool->workers,
+        .task_q = pool->task_q,
+        .result_q = pool->result_q,
+        .slots = pool->slots,
+        .server_sock = pair[1],
+    };
+    int rc = mproc__mpi_proxy_start(&pool->mpi, comm, &config, pool->options.task_timeout_ms);
+    if (rc < 0) {
+        mproc__close(pair[0]);
+        mproc__close(pair[1]);
+        mproc__mpi_release(comm);
+        return rc;
+    }
+    pool->server_sock = pair[0];
+    pool->proxy_sock = pair[1];
+    return 0;
+#else
+    (void)pool;
+    release_comm(comm);
+    return -ENOTSUP;
+#endif
+}
+
+/*
+ * Over MPI: ranks other than 0 serve here and the pool is made on rank 0
+ * with a worker per other rank. Sets *comm on rank 0, *served elsewhere.
+ */
+static int join_ranks(const mproc_pool_options *options, void **comm, int *workers, bool *served)
+{
+#ifdef MPROC_HAVE_MPI
+    int rank, size;
+    int rc = mproc__mpi_setup(comm, &rank, &size);
+    if (rc < 0)
+        return rc;
+    if (size < 2) {
+        mproc__mpi_release(*comm);
+        return -EINVAL;
+    }
+    if (rank != 0) {
+        *served = true;
+        return mproc__mpi_serve(*comm, rank, options);
+    }
+    *workers = size - 1;
+    return 0;
+#else
+    (void)options;
+    (void)comm;
+    (void)workers;
+    (void)served;
+    return -ENOTSUP;
+#endif
+}
+
 int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
 {
     if (!out || (options &&
-                 (options->workers < 0 || options->workers > 4096 || options->task_timeout_ms < 0)))
+                 (options->workers < 0 || options->workers > 4096 || options->task_timeout_ms < 0 ||
+                  options->backend < MPROC_POOL_AUTO || options->backend > MPROC_POOL_MPI)))
         return -EINVAL;
+    mproc_pool_options opts = {0};
+    if (options)
+        opts = *options;
+    opts.backend = choose_backend(options);
+    void *comm = NULL;
+    if (opts.backend == MPROC_POOL_MPI) {
+        bool served = false;
+        int rc = join_ranks(options, &comm, &opts.workers, &served);
+        if (rc < 0 || served) {
+            *out = NULL;
+            return rc;
+        }
+        opts.max_tasks_per_child = 0; /* a rank is not replaced */
+    }
     mproc_pool *pool;
-    int rc = alloc_pool(&pool, options);
-    if (rc < 0)
+    int rc = alloc_pool(&pool, &opts);
+    if (rc < 0) {
+        if (comm)
+            release_comm(comm);
         return rc;
+    }
     rc = make_channels(pool);
     if (rc == 0) {
         pool->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -765,7 +965,9 @@ int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
     }
     /* The fork server must be forked before the result thread exists. */
     if (rc == 0)
-        rc = start_server(pool);
+        rc = comm ? start_proxy(pool, comm) : start_server(pool);
+    else if (comm)
+        release_comm(comm);
     if (rc == 0) {
         for (int w = 0; w < pool->workers; w++)
             pool->ws[w].spawning = true;
@@ -778,11 +980,11 @@ int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
         pool->thread_started = rc == 0;
     }
     if (rc < 0) {
-        if (pool->server_pid > 0) {
-            mproc__close(pool->server_sock);
-            pool->server_sock = -1;
+        mproc__close(pool->server_sock);
+        pool->server_sock = -1;
+        if (pool->server_pid > 0)
             waitpid(pool->server_pid, NULL, 0);
-        }
+        stop_proxy(pool);
         release_pool(pool);
         return rc;
     }
@@ -793,6 +995,11 @@ int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
 int mproc_pool_workers(const mproc_pool *pool)
 {
     return valid(pool) ? pool->workers : -EINVAL;
+}
+
+int mproc_pool_backend_of(const mproc_pool *pool)
+{
+    return valid(pool) ? (int)pool->options.backend : -EINVAL;
 }
 
 /* ---- submission ---- */
@@ -890,6 +1097,18 @@ static int dup_fds(const int *fds, size_t nfds, int **out)
     return 0;
 }
 
+/* Over MPI a task travels by its registered name, and descriptors cannot travel. */
+static int check_fn(const mproc_pool *pool, mproc_task_fn fn, size_t nfds)
+{
+    if (!fn)
+        return -EINVAL;
+    if (pool->options.backend != MPROC_POOL_MPI)
+        return 0;
+    if (nfds)
+        return -ENOTSUP;
+    return mproc__task_name(fn) ? 0 : -ENOENT;
+}
+
 static int apply_common(mproc_pool *pool, mproc_task_fn fn, const void *arg, size_t len,
                         const int *fds, size_t nfds, mproc_result_callback callback,
                         mproc_result_callback error_callback, void *callback_arg,
@@ -898,8 +1117,11 @@ static int apply_common(mproc_pool *pool, mproc_task_fn fn, const void *arg, siz
     int rc = check_submit(pool);
     if (rc < 0)
         return rc;
-    if (!fn || (!arg && len) || (!fds && nfds))
+    if ((!arg && len) || (!fds && nfds))
         return -EINVAL;
+    rc = check_fn(pool, fn, nfds);
+    if (rc < 0)
+        return rc;
     mproc_result *result = mproc__result_new(pool, 1, 1, false, out != NULL);
     size_t msg_len;
     unsigned char *msg = result ? serialise_single(fn, arg, len, nfds, &msg_len) : NULL;
@@ -1038,8 +1260,11 @@ int mproc_pool_map_async(mproc_pool *pool, mproc_task_fn fn, const struct iovec 
     int rc = check_submit(pool);
     if (rc < 0)
         return rc;
-    if (!fn || !out || (!items && count))
+    if (!out || (!items && count))
         return -EINVAL;
+    rc = check_fn(pool, fn, 0);
+    if (rc < 0)
+        return rc;
     if (!chunksize)
         chunksize = default_chunksize(pool, items, count);
     if (chunksize > UINT32_MAX)
@@ -1194,13 +1419,14 @@ int mproc_pool_destroy(mproc_pool **poolp)
     wake_thread(pool);
     if (pool->thread_started)
         pthread_join(pool->thread, NULL);
-    /* Closing our end tells the fork server to kill what is left and exit. */
+    /* Closing our end tells the fork server (or the MPI proxy) to stop what is left and exit. */
     mproc__close(pool->server_sock);
     pool->server_sock = -1;
     if (pool->server_pid > 0) {
         while (waitpid(pool->server_pid, NULL, 0) < 0 && errno == EINTR) {
         }
     }
+    stop_proxy(pool);
     release_pool(pool);
     *poolp = NULL;
     return 0;
@@ -1263,8 +1489,11 @@ int mproc_pool_imap(mproc_pool *pool, mproc_task_fn fn, mproc_item_source source
     int rc = check_submit(pool);
     if (rc < 0)
         return rc;
-    if (!fn || !source || !out)
+    if (!source || !out)
         return -EINVAL;
+    rc = check_fn(pool, fn, 0);
+    if (rc < 0)
+        return rc;
     mproc_imap *it = calloc(1, sizeof(*it));
     if (!it)
         return -ENOMEM;

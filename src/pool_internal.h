@@ -114,6 +114,35 @@ struct pool_process_config {
 _Noreturn void mproc__pool_server_main(const struct pool_process_config *config,
                                        const int *parent_fds, size_t nparent_fds);
 
+/*
+ * The MPI backend (mpi/pool_mpi.c, built into libmproc_mpi only). The
+ * communicator is an MPI_Comm * kept opaque here, so that the rest of the
+ * pool compiles without MPI's headers.
+ */
+struct mproc__mpi_proxy;
+
+/* wstatus of RES_WORKER_DIED for an MPI rank that failed and will not come back. */
+#define WORKER_LOST (-2)
+
+/* Starts MPI if the program has not, with threads; a communicator of our own. */
+int mproc__mpi_setup(void **comm, int *rank, int *size);
+
+/* A worker rank: serves until rank 0 stops it, then frees comm (and ends MPI if it started it). */
+int mproc__mpi_serve(void *comm, int rank, const mproc_pool_options *options);
+
+/* Rank 0: starts the proxy thread that stands in for the fork server; it takes comm. */
+int mproc__mpi_proxy_start(struct mproc__mpi_proxy **out, void *comm,
+                           const struct pool_process_config *config, int timeout_ms);
+
+/* Why the proxy gave up on MPI, or NULL while it works. */
+const char *mproc__mpi_proxy_failure(struct mproc__mpi_proxy *proxy);
+
+/* After the pool closed its end of the server socket: joins and frees the proxy. */
+void mproc__mpi_proxy_stop(struct mproc__mpi_proxy **proxy);
+
+/* Undoes mproc__mpi_setup() when the pool could not start. */
+void mproc__mpi_release(void *comm);
+
 /* Task context, filled by the worker for each call (task.c). */
 struct mproc_task_ctx {
     void *result;
@@ -133,6 +162,32 @@ void mproc__task_ctx_free(mproc_task_ctx *ctx);
 
 /* Runs one call of fn and leaves its outcome in ctx; returns the status code. */
 int mproc__task_run(mproc_task_ctx *ctx, mproc_task_fn fn, const void *arg, size_t len);
+
+/* The registered name of fn (stable for the life of the process), or NULL. */
+const char *mproc__task_name(mproc_task_fn fn);
+
+/* Runs task messages in a worker (pool_exec.c), keeping its buffers between them. */
+struct mproc__task_exec {
+    mproc_task_ctx ctx;
+    unsigned char *out; /* the result message: struct pool_res_msg + body */
+    size_t out_len;
+    size_t out_cap;
+    const int *fds; /* descriptors that came with the task */
+    size_t nfds;
+};
+
+/*
+ * Runs the task message msg (body: what follows its header) with fn and
+ * leaves the result message in x->out, its header a copy of *res with the
+ * kind, status, item count and time filled in. Returns 0, -ENOMEM (no room
+ * for the result), -EBADMSG (a chunk whose item lengths overrun its body).
+ */
+int mproc__task_exec_run(struct mproc__task_exec *x, const struct pool_task_msg *msg,
+                         mproc_task_fn fn, const unsigned char *body, size_t body_len,
+                         struct pool_res_msg *res);
+
+/* Frees x's buffers. */
+void mproc__task_exec_free(struct mproc__task_exec *x);
 
 #endif /* MPROC_POOL_INTERNAL_H */
 

@@ -28,7 +28,6 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
-#include <time.h>
 #include <unistd.h>
 
 #define SERVER_POLL_MS     100
@@ -41,52 +40,12 @@ struct worker {
     int index;
     pid_t pid;
     struct pool_slot *slot;
-    mproc_task_ctx ctx;
+    struct mproc__task_exec exec;
     unsigned char *in;
     size_t in_cap;
-    unsigned char *out;
-    size_t out_len;
-    size_t out_cap;
     int fds[MPROC__MAX_FDS];
     size_t nfds;
 };
-
-static uint64_t now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
-
-/* Appends to the worker's output buffer; a worker out of memory cannot report anything. */
-static void out_append(struct worker *w, const void *data, size_t len)
-{
-    if (w->out_len + len > w->out_cap) {
-        size_t cap = w->out_cap ? w->out_cap : 4096;
-        while (cap < w->out_len + len)
-            cap *= 2;
-        unsigned char *grown = realloc(w->out, cap);
-        if (!grown)
-            _exit(12);
-        w->out = grown;
-        w->out_cap = cap;
-    }
-    if (len)
-        memcpy(w->out + w->out_len, data, len);
-    w->out_len += len;
-}
-
-/* The outcome of the last call: its result bytes, or its error text. */
-static void outcome(const struct worker *w, int status, const void **data, size_t *len)
-{
-    if (status == 0) {
-        *data = w->ctx.result;
-        *len = w->ctx.result_len;
-    } else {
-        *data = w->ctx.error;
-        *len = w->ctx.error ? strlen(w->ctx.error) : 0;
-    }
-}
 
 /* Receives the descriptors sent for task id; ones left over for a dead predecessor go. */
 static int receive_fds(struct worker *w, uint64_t id)
@@ -114,54 +73,6 @@ static void close_task_fds(struct worker *w)
     w->nfds = 0;
 }
 
-static void run_single(struct worker *w, const struct pool_task_msg *msg, const void *arg,
-                       size_t len, struct pool_res_msg *res)
-{
-    mproc__task_ctx_reset(&w->ctx);
-    w->ctx.fds = w->fds;
-    w->ctx.nfds = w->nfds;
-    /* Workers are forks of the program that sent it: the address means the same here. */
-    mproc_task_fn fn = (mproc_task_fn)(uintptr_t)msg->fn; // NOLINT(performance-no-int-to-ptr)
-    res->status = mproc__task_run(&w->ctx, fn, arg, len);
-    res->kind = RES_DONE;
-    const void *data;
-    size_t n;
-    outcome(w, res->status, &data, &n);
-    out_append(w, data, n);
-}
-
-static void run_chunk(struct worker *w, const struct pool_task_msg *msg, const unsigned char *body,
-                      size_t body_len, struct pool_res_msg *res)
-{
-    /* Workers are forks of the program that sent it: the address means the same here. */
-    mproc_task_fn fn = (mproc_task_fn)(uintptr_t)msg->fn; // NOLINT(performance-no-int-to-ptr)
-    size_t n = msg->nitems;
-    const uint64_t *lens = (const uint64_t *)body;
-    const unsigned char *item = body + n * sizeof(uint64_t);
-    size_t table = w->out_len;
-    struct pool_item_res blank = {0};
-    for (size_t i = 0; i < n; i++)
-        out_append(w, &blank, sizeof(blank));
-    size_t data_start = w->out_len;
-    for (size_t i = 0; i < n; i++) {
-        mproc__task_ctx_reset(&w->ctx);
-        int status = mproc__task_run(&w->ctx, fn, item, (size_t)lens[i]);
-        item += lens[i];
-        const void *data;
-        size_t len;
-        outcome(w, status, &data, &len);
-        struct pool_item_res entry = {
-            .offset = w->out_len - data_start, .len = len, .status = status};
-        out_append(w, data, len);
-        if (status != 0)
-            out_append(w, "", 1); /* messages are read as C strings */
-        memcpy(w->out + table + i * sizeof(entry), &entry, sizeof(entry));
-    }
-    (void)body_len;
-    res->kind = RES_CHUNK;
-    res->nitems = (uint32_t)n;
-}
-
 /* Runs one task message and puts its result; false when the worker must stop. */
 static bool serve_one(struct worker *w, size_t len)
 {
@@ -173,19 +84,15 @@ static bool serve_one(struct worker *w, size_t len)
     atomic_store(&w->slot->current, msg.id);
     if (msg.nfds && receive_fds(w, msg.id) < 0)
         _exit(13);
-    uint64_t t0 = now_ns();
+    w->exec.fds = w->fds;
+    w->exec.nfds = w->nfds;
     struct pool_res_msg res = {.id = msg.id, .worker = w->index, .pid = w->pid};
-    w->out_len = 0;
-    out_append(w, &res, sizeof(res));
-    const unsigned char *body = w->in + sizeof(msg);
-    if (msg.kind == MSG_CHUNK)
-        run_chunk(w, &msg, body, len - sizeof(msg), &res);
-    else
-        run_single(w, &msg, body, len - sizeof(msg), &res);
-    res.elapsed_ns = now_ns() - t0;
-    memcpy(w->out, &res, sizeof(res));
+    /* Workers are forks of the program that sent it: the address means the same here. */
+    mproc_task_fn fn = (mproc_task_fn)(uintptr_t)msg.fn; // NOLINT(performance-no-int-to-ptr)
+    if (mproc__task_exec_run(&w->exec, &msg, fn, w->in + sizeof(msg), len - sizeof(msg), &res) < 0)
+        _exit(12); /* out of memory: the death is reported, with the task */
     close_task_fds(w);
-    int rc = mproc_queue_put(w->config->result_q, w->out, w->out_len, MPROC_WAIT_FOREVER);
+    int rc = mproc_queue_put(w->config->result_q, w->exec.out, w->exec.out_len, MPROC_WAIT_FOREVER);
     atomic_store(&w->slot->current, 0);
     return rc == 0;
 }
@@ -206,7 +113,7 @@ static _Noreturn void worker_main(const struct pool_process_config *config, int 
 
     struct worker w = {
         .config = config, .index = index, .pid = getpid(), .slot = &config->slots[index]};
-    w.ctx.worker = index;
+    w.exec.ctx.worker = index;
     w.in_cap = (size_t)64 * 1024;
     w.in = malloc(w.in_cap);
     if (!w.in)

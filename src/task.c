@@ -120,6 +120,18 @@ int mproc_task_register(const char *name, mproc_task_fn fn)
     return rc > 0 ? 0 : rc;
 }
 
+const char *mproc__task_name(mproc_task_fn fn)
+{
+    const char *name = NULL;
+    pthread_mutex_lock(&registry_lock);
+    for (size_t i = 0; i < registry_count && !name; i++) {
+        if (registry[i].fn == fn)
+            name = registry[i].name;
+    }
+    pthread_mutex_unlock(&registry_lock);
+    return name;
+}
+
 int mproc_task_lookup(const char *name, mproc_task_fn *fn)
 {
     if (!name || !fn)

@@ -509,6 +509,93 @@ Test(mpcp_beyond, enospc_stops_promptly_and_leaves_no_partial_file, .init = setu
     cr_assert_lt(took, 10);
 }
 
+/* Makes mnt/s/f and then names for it until it has count names in all. */
+static void many_links(int count)
+{
+    int s = sub_dir(wfd, "mnt/s", 0755);
+    put_file(s, "f", "data\n", 0644);
+    for (int i = 1; i < count; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "l%06d", i);
+        if (linkat(s, "f", s, name, 0) == 0)
+            continue;
+        int err = errno;
+        close(s);
+        SKIP("a tmpfs here caps links too (%s after %d)", strerror(err), i);
+    }
+    close(s);
+}
+
+/* Checks dir's names: one inode holding limit of them, one name with its own copy (returned). */
+static char *check_one_unlinked(const char *dir, long limit)
+{
+    int d = openat(wfd, dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert_geq(d, 0);
+    size_t n = 0;
+    char **names = list_names(d, &n);
+    cr_assert_eq(n, (size_t)limit + 1, "%zu names", n);
+    char *single = NULL;
+    size_t linked = 0;
+    for (size_t i = 0; i < n; i++) {
+        struct stat st;
+        cr_assert_eq(fstatat(d, names[i], &st, AT_SYMLINK_NOFOLLOW), 0);
+        if (st.st_nlink == 1 && !single)
+            single = strdup(names[i]);
+        else
+            linked += st.st_nlink == (nlink_t)limit;
+        free(names[i]);
+    }
+    free(names);
+    cr_assert_not_null(single, "no name was copied apart");
+    cr_assert_eq(linked, (size_t)limit, "the other names do not share one full inode");
+    int fd = openat(d, single, O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    char data[16];
+    read_all(fd, data, sizeof data);
+    close(fd);
+    cr_assert_str_eq(data, "data\n");
+    cr_assert_eq(count_temporaries(d), 0);
+    close(d);
+    return single;
+}
+
+/*
+ * A hard-link group larger than the destination's link limit: cp fails on
+ * the name that does not fit; mpcp copies its data and warns, exit 0. The
+ * group lives on a tmpfs (no link limit), the copy goes to the work folder's
+ * filesystem (ext4: 65,000), in one process and with workers.
+ */
+Test(mpcp_beyond, full_link_count_copies_the_data_with_a_warning, .init = setup_work,
+     .fini = teardown_work, .timeout = 180)
+{
+    errno = 0;
+    long limit = fpathconf(wfd, _PC_LINK_MAX);
+    if (limit <= 0 || limit > 100000)
+        SKIP("the work folder's filesystem has no small link limit (%ld)", limit);
+    close(sub_dir(wfd, "mnt", 0755));
+    char mnt[300];
+    snprintf(mnt, sizeof mnt, "%s/mnt", work);
+    if (mount("tmpfs", mnt, "tmpfs", 0, "size=1m") < 0)
+        SKIP("cannot mount a tmpfs here (%s): needs root and CAP_SYS_ADMIN", strerror(errno));
+    many_links((int)limit + 1);
+    const char *jobs[] = {"-j1", "-j4"}, *dirs[] = {"d1", "d4"};
+    for (int i = 0; i < 2; i++) {
+        struct run_result r;
+        mpcp(&r, (const char *const[]){"-a", jobs[i], "mnt/s", dirs[i], NULL});
+        cr_assert_eq(r.status, 0, "%s: %s", jobs[i], r.err);
+        char *single = check_one_unlinked(dirs[i], limit);
+        char want[256];
+        snprintf(want, sizeof want, "mpcp: warning: cannot create hard link '%s/%s' to '%s/",
+                 dirs[i], single, dirs[i]);
+        cr_assert(strncmp(r.err, want, strlen(want)) == 0, "%s: %s", jobs[i], r.err);
+        const char *tail = "': Too many links; copied the data instead\n";
+        const char *end = strchr(r.err, '\n');
+        cr_assert(end && strlen(end + 1) == 0, "%s: more than one line: %s", jobs[i], r.err);
+        cr_assert(end + 1 - strlen(tail) == strstr(r.err, tail), "%s: %s", jobs[i], r.err);
+        free(single);
+    }
+}
+
 Test(mpcp_beyond, sparse_file_keeps_its_holes, .init = setup_work, .fini = teardown_work,
      .timeout = 30)
 {
@@ -748,6 +835,11 @@ Test(mpcp_beyond, help_and_man_page_agree, .init = setup_work, .fini = teardown_
         checked++;
     }
     cr_assert_gt(checked, 25);
+    /* The variables mpcp reads (parallel.c, walk.c) are documented too. */
+    const char *env = strstr(man, ".SH ENVIRONMENT");
+    cr_assert_not_null(env, "mpcp.1 has no ENVIRONMENT section");
+    cr_expect(strstr(env, ".B MPCP_NO_RETRY\n") != NULL, "MPCP_NO_RETRY is not in mpcp.1");
+    cr_expect(strstr(env, ".B MPCP_TASK_RESOLVE\n") != NULL, "MPCP_TASK_RESOLVE is not in mpcp.1");
 }
 
 Test(mpcp_beyond, jobs_1_and_8_give_identical_trees, .init = setup_work, .fini = teardown_work,

@@ -11,6 +11,7 @@
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
+#include <stdint.h>
 #include <sys/ioctl.h>
 #include <time.h>
 
@@ -414,6 +415,180 @@ Test(mpcp_parallel, sigint_stops_workers_and_fork_server, .init = setup_work, .f
     struct stat fst;
     cr_assert_neq(fstatat(o, "slow", &fst, AT_SYMLINK_NOFOLLOW), 0, "a torn o/slow exists");
     cr_assert_eq(count_temporaries(o), 0, "a temporary was left behind");
+    close(o);
+}
+
+/* ---- large files in ranges ---- */
+
+/* A stream in which every 8 bytes differ: a range written at the wrong offset shows. */
+static void write_random(int dir, const char *name, size_t size)
+{
+    int fd = openat(dir, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
+    must(fd, "create", name);
+    static uint64_t block[1 << 15];
+    uint64_t x = 0x9e3779b97f4a7c15u;
+    for (size_t off = 0; off < size;) {
+        for (size_t i = 0; i < sizeof block / sizeof block[0]; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            block[i] = x;
+        }
+        size_t n = size - off < sizeof block ? size - off : sizeof block;
+        cr_assert_eq(write(fd, block, n), (ssize_t)n);
+        off += n;
+    }
+    close(fd);
+}
+
+/* The distinct source offsets of copy_file_range calls with explicit offsets, from strace. */
+static size_t ranged_offsets(const char *trace)
+{
+    long long seen[64];
+    size_t n = 0;
+    for (const char *p = trace; (p = strstr(p, "copy_file_range(")) != NULL; p++) {
+        long long off;
+        if (sscanf(p, "copy_file_range(%*d, [%lld]", &off) != 1)
+            continue;
+        bool dup = false;
+        for (size_t i = 0; i < n; i++)
+            dup = dup || seen[i] == off;
+        if (!dup && n < sizeof seen / sizeof seen[0])
+            seen[n++] = off;
+    }
+    return n;
+}
+
+/*
+ * A file above 64 MiB is copied in ranges by several workers into one
+ * temporary, renamed with its metadata when every range is in: the copy is
+ * the same, byte for byte (the size is no multiple of a range, and every
+ * 8 bytes differ), with its mode and times, and no temporary is left.
+ * strace, when installed, shows the ranges (copy_file_range at offsets).
+ */
+Test(mpcp_parallel, large_file_in_ranges_is_identical, .init = setup_work, .fini = teardown_work,
+     .timeout = 120)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    write_random(s, "big", ((size_t)100 << 20) + 12345);
+    write_sized(s, "small", 1000, 0644);
+    stamp_tree(s, 1400000000);
+    close(s);
+    bool traced = system("command -v strace >/dev/null 2>&1") == 0;
+    struct run_result r;
+    if (traced) {
+        /* LeakSanitizer cannot run under ptrace: the sanitizer build would fail at exit. */
+        char asan[512];
+        const char *was = getenv("ASAN_OPTIONS");
+        snprintf(asan, sizeof asan, "%s%sdetect_leaks=0", was ? was : "", was ? ":" : "");
+        setenv("ASAN_OPTIONS", asan, 1);
+        const char *argv[] = {"strace",
+                              "-f",
+                              "-qq",
+                              "-e",
+                              "trace=copy_file_range",
+                              "-o",
+                              "trace",
+                              MPROC_MPCP_PATH,
+                              "-a",
+                              "-j",
+                              "4",
+                              "s",
+                              "o",
+                              NULL};
+        run_in(work, false, argv, &r);
+    } else {
+        run(&r, (const char *const[]){"-a", "-j", "4", "s", "o", NULL});
+    }
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    compare_with("s", "o");
+    int o = openat(wfd, "o", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert_eq(count_temporaries(o), 0);
+    close(o);
+    if (!traced)
+        return;
+    static char trace[1 << 16];
+    int fd = openat(wfd, "trace", O_RDONLY | O_CLOEXEC);
+    cr_assert_geq(fd, 0);
+    read_all(fd, trace, sizeof trace);
+    close(fd);
+    cr_assert_geq(ranged_offsets(trace), 3, "big was not copied in ranges:\n%s", trace);
+}
+
+/* A worker with the ranges' temporary open (named with mpcp's pid, not its own), or 0. */
+static pid_t range_writer(pid_t mpcp)
+{
+    char tmp[32];
+    snprintf(tmp, sizeof tmp, "/.mpcp-%d-", (int)mpcp);
+    pid_t family[64];
+    size_t n = family_of(mpcp, family, 64);
+    for (size_t i = 0; i < n; i++) {
+        char dir[64];
+        snprintf(dir, sizeof dir, "/proc/%d/fd", (int)family[i]);
+        DIR *d = opendir(dir);
+        if (!d)
+            continue;
+        bool writing = false;
+        for (struct dirent *de = readdir(d); de && !writing; de = readdir(d)) {
+            char link[PATH_MAX] = "";
+            ssize_t len = readlinkat(dirfd(d), de->d_name, link, sizeof link - 1);
+            writing = len > 0 && strstr(link, tmp) != NULL;
+        }
+        closedir(d);
+        if (writing)
+            return family[i];
+    }
+    return 0;
+}
+
+/* Copies a 512 MiB file in ranges with -j 2 and SIGKILLs a worker in the middle of one. */
+static int kill_a_range_writer(bool no_retry)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    int fd = openat(s, "big", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    must(fd, "create", "big");
+    /* Allocated, so not sparse (not copied in order for its holes), and made at once. */
+    must(posix_fallocate(fd, 0, (off_t)512 << 20) == 0 ? 0 : -1, "fallocate", "big");
+    close(fd);
+    close(s);
+    pid_t pid = start_mpcp((const char *const[]){"-a", "-j", "2", "s", "o", NULL}, no_retry);
+    pid_t worker = 0;
+    for (int i = 0; i < 20000 && !worker; i++) {
+        worker = range_writer(pid);
+        if (!worker)
+            usleep(200);
+    }
+    cr_assert_gt(worker, 0, "no worker was seen writing a range: %s", read_log());
+    cr_assert_neq(worker, pid, "the planner itself writes a range");
+    must(kill(worker, SIGKILL), "kill", "worker");
+    return wait_status(pid, 30000, "a range's worker died");
+}
+
+Test(mpcp_parallel, killed_range_worker_is_retried, .init = setup_work, .fini = teardown_work,
+     .timeout = 120)
+{
+    int st = kill_a_range_writer(false);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x: %s", st, read_log());
+    compare_with("s", "o");
+    int o = openat(wfd, "o", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert_eq(count_temporaries(o), 0);
+    close(o);
+}
+
+Test(mpcp_parallel, killed_range_worker_fails_the_file_cleanly, .init = setup_work,
+     .fini = teardown_work, .timeout = 120)
+{
+    int st = kill_a_range_writer(true);
+    const char *log = read_log();
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x: %s", st, log);
+    cr_assert(strstr(log, "mpcp: cannot copy 's/big': worker ") == log, "%s", log);
+    cr_assert(strstr(log, "killed by signal 9") != NULL, "%s", log);
+    cr_assert_null(strchr(log, '\n') ? strchr(strchr(log, '\n') + 1, '\n') : NULL,
+                   "more than one line: %s", log);
+    int o = openat(wfd, "o", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    struct stat fst;
+    cr_assert_neq(fstatat(o, "big", &fst, AT_SYMLINK_NOFOLLOW), 0, "a torn o/big exists");
+    cr_assert_eq(count_temporaries(o), 0, "the ranges' temporary was left behind");
     close(o);
 }
 

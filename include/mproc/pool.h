@@ -59,6 +59,27 @@ typedef int (*mproc_initializer_fn)(void *arg);
  */
 typedef void (*mproc_result_callback)(mproc_result *result, void *arg);
 
+/*
+ * Where the workers run. MPROC_POOL_AUTO (the default) is MPI when libmproc
+ * was built with MPI (libmproc_mpi) and the program was started by an MPI
+ * launcher with more than one rank, or when the environment variable
+ * MPROC_POOL_BACKEND says "mpi"; otherwise local ("local" forces it).
+ *
+ * Over MPI, rank 0 runs the program and every other rank is one worker (the
+ * workers and max_tasks_per_child options are ignored). On those ranks
+ * mproc_pool_create() runs the initializer, serves tasks until rank 0 closes
+ * or destroys its pool, and returns 0 with *out set to NULL: the program
+ * should then end, as in `if (!pool) return 0;`. Tasks travel by their
+ * registered name (mproc_task_register(), in every rank, before creating
+ * the pool): submitting an unregistered function gives -ENOENT, and
+ * descriptors cannot travel (-ENOTSUP). See docs/CLUSTER.md.
+ */
+typedef enum mproc_pool_backend {
+    MPROC_POOL_AUTO = 0,
+    MPROC_POOL_LOCAL = 1,
+    MPROC_POOL_MPI = 2,
+} mproc_pool_backend;
+
 /* Options for mproc_pool_create(); zero means the default for each field. */
 typedef struct mproc_pool_options {
     int workers;                      /* default: mproc_cpu_count() */
@@ -67,6 +88,7 @@ typedef struct mproc_pool_options {
     unsigned max_tasks_per_child;     /* replace a worker after this many tasks; 0: never */
     int task_timeout_ms;              /* kill a task's worker after this long; 0: no limit */
     bool retry_on_worker_death;       /* run a task again once if its worker dies under it */
+    mproc_pool_backend backend;       /* local processes or MPI ranks; default: AUTO */
 } mproc_pool_options;
 
 /* ---- task side: called inside a task ---- */
@@ -107,12 +129,30 @@ MPROC_API int mproc_task_lookup(const char *name, mproc_task_fn *fn);
 /*
  * Starts a pool: the fork server, the workers and the result thread.
  * options may be NULL for all defaults. Returns 0 and sets *out, -EINVAL,
- * -ENOMEM, -EAGAIN (fork), or another negated errno.
+ * -ENOMEM, -EAGAIN (fork), or another negated errno. Over MPI: 0 with *out
+ * NULL on the worker ranks once they have served (see mproc_pool_backend),
+ * -ENOTSUP when libmproc was built without MPI or MPI cannot start (again)
+ * with threads, -EINVAL with MPROC_POOL_MPI and a single rank.
  */
 MPROC_API int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options);
 
 /* Number of workers. */
 MPROC_API int mproc_pool_workers(const mproc_pool *pool);
+
+/* The pool's backend: MPROC_POOL_LOCAL or MPROC_POOL_MPI (-EINVAL for a bad pool). */
+MPROC_API int mproc_pool_backend_of(const mproc_pool *pool);
+
+/* Whether this libmproc was built with the MPI backend. */
+MPROC_API bool mproc_pool_mpi_available(void);
+
+/*
+ * How many ranks an MPI launcher (mpirun, mpiexec, srun) started this
+ * program with, read from its environment: 1 when none did.
+ */
+MPROC_API int mproc_pool_launched_ranks(void);
+
+/* The backend MPROC_POOL_AUTO stands for in this process (see mproc_pool_backend). */
+MPROC_API mproc_pool_backend mproc_pool_auto_backend(void);
 
 /*
  * Submits fn(arg) and returns at once. arg is copied before the call returns.

@@ -253,6 +253,84 @@ static int try_clone(const struct mpcp_opts *opt, int src, int dst, dev_t dst_de
     return 1;
 }
 
+int mpcp_try_clone(const struct mpcp_opts *opt, int src, int dst, dev_t dst_dev)
+{
+    int side;
+    return opt->reflink == MPCP_REFLINK_ALWAYS ? 1 : try_clone(opt, src, dst, dst_dev, &side);
+}
+
+/* pread/pwrite of [off, off + len): what is left when copy_file_range cannot. */
+static int rw_copy_at(int src, int dst, off_t off, off_t len, uint64_t *copied, int *side)
+{
+    unsigned char *buf = io_buffer();
+    if (!buf) {
+        *side = MPCP_SIDE_READ;
+        return -ENOMEM;
+    }
+    while (len > 0) {
+        if (mpcp_interrupted) {
+            *side = MPCP_SIDE_WRITE;
+            return -EINTR;
+        }
+        size_t want = (off_t)BUF_SIZE < len ? BUF_SIZE : (size_t)len;
+        ssize_t n = pread(src, buf, want, off);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            *side = MPCP_SIDE_READ;
+            return -errno;
+        }
+        if (n == 0)
+            return 0; /* the file shrank since it was listed */
+        for (ssize_t done = 0; done < n;) {
+            ssize_t w = pwrite(dst, buf + done, (size_t)(n - done), off + done);
+            if (w < 0 && errno == EINTR)
+                continue;
+            if (w < 0) {
+                *side = MPCP_SIDE_WRITE;
+                return -errno;
+            }
+            done += w;
+        }
+        *copied += (uint64_t)n;
+        off += n;
+        len -= n;
+    }
+    return 0;
+}
+
+int mpcp_copy_range_at(int src, int dst, off_t off, off_t len, uint64_t *copied, int *side)
+{
+    *copied = 0;
+    /* Explicit offsets: other workers write other ranges of the same file meanwhile. */
+    loff_t in = off, out = off;
+    while (len > 0) {
+        if (mpcp_interrupted) {
+            *side = MPCP_SIDE_WRITE;
+            return -EINTR;
+        }
+        size_t step = (size_t)len < CFR_STEP ? (size_t)len : CFR_STEP;
+        ssize_t n = copy_file_range(src, &in, dst, &out, step, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0 && cfr_fallback_errno(errno))
+            break;
+        if (n < 0) {
+            *side = (errno == ENOSPC || errno == EDQUOT || errno == EFBIG) ? MPCP_SIDE_WRITE
+                                                                           : MPCP_SIDE_READ;
+            return -errno;
+        }
+        if (n == 0)
+            break; /* EOF, or procfs-like: read/write decides */
+        *copied += (uint64_t)n;
+        len -= n;
+    }
+    uint64_t more = 0;
+    int rc = rw_copy_at(src, dst, (off_t)in, len, &more, side);
+    *copied += more;
+    return rc;
+}
+
 /*
  * A file of size 0 by stat may still have data (procfs): one read decides,
  * so that empty files cost a single syscall.

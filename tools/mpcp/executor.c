@@ -14,6 +14,7 @@
 #include "mpcp.h"
 
 #include <errno.h>
+#include <mproc.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -61,6 +62,40 @@ int mpcp_exec_add_root(int src_fd, int dst_fd, uint32_t *id)
     roots[n_roots].src = src_fd;
     roots[n_roots].dst = dst_fd;
     *id = n_roots++;
+    return 0;
+}
+
+int mpcp_exec_root(uint32_t id, int *src_fd, int *dst_fd)
+{
+    if (id >= n_roots || roots[id].src < 0)
+        return -ENOENT;
+    *src_fd = roots[id].src;
+    *dst_fd = roots[id].dst;
+    return 0;
+}
+
+uint32_t mpcp_exec_root_count(void)
+{
+    return n_roots;
+}
+
+int mpcp_exec_put_root(uint32_t id, int src_fd, int dst_fd)
+{
+    if (id >= cap_roots) {
+        uint32_t cap = cap_roots ? cap_roots : 16;
+        while (cap <= id)
+            cap *= 2;
+        struct root *r = realloc(roots, cap * sizeof *r);
+        if (!r)
+            return -ENOMEM;
+        roots = r;
+        cap_roots = cap;
+    }
+    /* Roots not sent yet stay unknown: a task naming one is malformed. */
+    for (; n_roots <= id; n_roots++)
+        roots[n_roots].src = roots[n_roots].dst = -1;
+    roots[id].src = src_fd;
+    roots[id].dst = dst_fd;
     return 0;
 }
 
@@ -560,6 +595,62 @@ static void exec_reg(struct ectx *x)
     commit_or_fail(x, tmp, "cannot create regular file %s");
 }
 
+/*
+ * One range of a large file, copied by offset into the temporary the
+ * planner made: other workers write the other ranges meanwhile. A failure
+ * is reported as the whole file's; the planner removes the temporary.
+ */
+static void exec_chunk(struct ectx *x)
+{
+    x->r->flags |= MPCP_R_ATTEMPTED;
+    int sfd = open_source(x);
+    if (sfd < 0)
+        return;
+    int fd = openat(x->dfd, x->e->link_target, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+    if (fd < 0) {
+        fail(x, errno, "cannot create regular file %s", dst_q(x), NULL);
+        close(sfd);
+        return;
+    }
+    uint64_t copied = 0;
+    int side = MPCP_SIDE_READ;
+    int rc = mpcp_copy_range_at(sfd, fd, (off_t)x->e->rdev, (off_t)x->e->blocks, &copied, &side);
+    x->r->bytes = copied;
+    close(sfd);
+    if (rc < 0)
+        data_failed(x, -rc, side);
+    if (close(fd) < 0 && rc == 0)
+        fail(x, errno, "failed to close %s", dst_q(x), NULL);
+}
+
+/* Every range of a large file is in: its metadata, then the rename, as for any file. */
+static void exec_commit(struct ectx *x)
+{
+    x->r->flags |= MPCP_R_ATTEMPTED;
+    const char *tmp = x->e->link_target;
+    int rc = -1;
+    int sfd = open_source(x);
+    if (sfd >= 0) {
+        int fd = openat(x->dfd, tmp, O_WRONLY | O_CLOEXEC | O_NOFOLLOW);
+        struct stat none = {0};
+        if (fd < 0)
+            fail(x, errno, "cannot create regular file %s", dst_q(x), NULL);
+        else
+            rc = file_metadata(x, sfd, fd, false, &none, true);
+        close(sfd);
+        if (fd >= 0 && close(fd) < 0 && rc == 0) {
+            fail(x, errno, "failed to close %s", dst_q(x), NULL);
+            rc = -1;
+        }
+    }
+    if (rc != 0) {
+        unlinkat(x->dfd, tmp, 0);
+        return;
+    }
+    x->r->bytes = x->e->size;
+    commit_or_fail(x, tmp, "cannot create regular file %s");
+}
+
 /* Metadata for what has no useful descriptor (symlinks, device nodes), by name. */
 static int node_metadata(struct ectx *x, const char *tmp, bool is_link)
 {
@@ -684,6 +775,22 @@ static int open_link_dir(struct ectx *x, const char **base)
 
 static void exec_reg_copy(struct ectx *x);
 
+/*
+ * cp fails where the link count is full; mpcp copies the data instead, so
+ * the tree is complete but that name no longer shares its inode: the user
+ * must hear it even though the exit status stays 0. The errno text is in
+ * the message, err stays 0: an OK entry's message is a warning.
+ */
+static void warn_unlinked(struct ectx *x, const char *link_q)
+{
+    mpcp_format(x->msg, sizeof x->msg, "warning: cannot create hard link %s to %s", dst_q(x),
+                link_q);
+    size_t n = strlen(x->msg);
+    snprintf(x->msg + n, sizeof x->msg - n, ": %s; copied the data instead",
+             mproc_strerror(-EMLINK));
+    x->r->msg = x->msg;
+}
+
 static void exec_hardlink(struct ectx *x)
 {
     const char *base;
@@ -719,6 +826,8 @@ static void exec_hardlink(struct ectx *x)
     if (rc < 0 && err == EMLINK && x->e->mode && S_ISREG(x->e->mode)) {
         /* The link count is full: a copy of the data is the next best thing. */
         exec_reg_copy(x);
+        if (x->r->status == MPCP_OK)
+            warn_unlinked(x, link_q);
         return;
     }
     if (rc < 0) {
@@ -736,11 +845,12 @@ static void exec_hardlink(struct ectx *x)
 
 static void exec_reg_copy(struct ectx *x)
 {
-    struct mpcp_entry copy = *x->e;
+    const struct mpcp_entry *link = x->e;
+    struct mpcp_entry copy = *link;
     copy.type = MPCP_T_REG;
     x->e = &copy;
     exec_reg(x);
-    x->e = NULL;
+    x->e = link; /* copy dies here */
 }
 
 static void exec_entry(struct ectx *x)
@@ -754,6 +864,12 @@ static void exec_entry(struct ectx *x)
         break;
     case MPCP_T_HARDLINK:
         exec_hardlink(x);
+        break;
+    case MPCP_T_CHUNK:
+        exec_chunk(x);
+        break;
+    case MPCP_T_COMMIT:
+        exec_commit(x);
         break;
     default:
         exec_special(x);

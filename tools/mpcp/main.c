@@ -59,13 +59,20 @@ int main(int argc, char **argv)
 {
     /* Names are quoted as printable or escaped by the user's locale, as cp does. */
     setlocale(LC_ALL, "");
+    int rc = mpcp_cluster_exec(argv);
+    if (rc >= 0)
+        return rc;
     struct mpcp_opts opt;
-    int rc = mpcp_options_parse(&opt, argc, argv);
+    rc = mpcp_options_parse(&opt, argc, argv);
     if (rc >= 0)
         return rc;
     raise_fd_limit();
     catch_signals();
+    rc = mpcp_cluster_start(&opt);
+    if (rc >= 0)
+        return rc; /* an MPI worker rank, done */
     rc = mpcp_run(&opt);
+    mpcp_cluster_end();
     if (fflush(stdout) != 0 || ferror(stdout)) {
         mpcp_error(0, "write error");
         rc = 1;

@@ -118,6 +118,21 @@ enum mpcp_data_side { MPCP_SIDE_READ, MPCP_SIDE_WRITE, MPCP_SIDE_CLONE };
 int mpcp_copy_data(const struct mpcp_opts *opt, int src_fd, int dst_fd, dev_t dst_dev, off_t size,
                    blkcnt_t blocks, uint64_t *copied, int *side);
 
+/*
+ * Copies the range [off, off + len) of src_fd to the same range of dst_fd
+ * with explicit offsets (other processes may write other ranges of dst_fd
+ * meanwhile): copy_file_range, then pread/pwrite for what it cannot do. A
+ * source that ends early ends the copy. Returns 0 or -errno and sets *side.
+ */
+int mpcp_copy_range_at(int src_fd, int dst_fd, off_t off, off_t len, uint64_t *copied, int *side);
+
+/*
+ * --reflink=auto: clones src_fd into dst_fd if the filesystem can (a
+ * failure is remembered per destination device). Returns 0 when cloned, 1
+ * when the data must be copied.
+ */
+int mpcp_try_clone(const struct mpcp_opts *opt, int src_fd, int dst_fd, dev_t dst_dev);
+
 /* ---- tasks (task.c): the byte format between planner and executor ---- */
 
 enum mpcp_entry_type {
@@ -128,6 +143,8 @@ enum mpcp_entry_type {
     MPCP_T_CHR = 5,
     MPCP_T_BLK = 6,
     MPCP_T_HARDLINK = 7, /* link to an earlier copy; link_target set */
+    MPCP_T_CHUNK = 8,    /* a range of a large file into the temporary named by link_target */
+    MPCP_T_COMMIT = 9,   /* all ranges are in: metadata on link_target, rename onto dst_name */
 };
 
 /* Entry flags. */
@@ -145,11 +162,12 @@ struct mpcp_entry {
     const char *name;     /* source name in the source folder */
     const char *dst_name; /* destination name; equals name unless renamed */
     uint32_t mode, uid, gid;
-    uint64_t size, blocks, dev, ino;
-    uint64_t rdev; /* devices: the device; MPCP_T_HARDLINK: the root index of link_target */
+    uint64_t size, dev, ino;
+    uint64_t blocks; /* MPCP_T_CHUNK: the length of the range */
+    uint64_t rdev;   /* devices: the device; HARDLINK: the root of link_target; CHUNK: offset */
     int64_t atime_sec, mtime_sec;
     uint32_t atime_nsec, mtime_nsec;
-    const char *link_target; /* MPCP_T_HARDLINK: path from the destination root */
+    const char *link_target; /* HARDLINK: path from the destination root; CHUNK, COMMIT: temp */
     const char *link_disp;   /* MPCP_T_HARDLINK: how messages name that path */
 };
 
@@ -213,6 +231,19 @@ int mpcp_result_decode_entry(const unsigned char *p, size_t len, size_t *pos,
 int mpcp_exec_add_root(int src_fd, int dst_fd, uint32_t *id);
 void mpcp_exec_set_options(const struct mpcp_opts *opt);
 
+/* Root id's fds (the executor keeps them), or -ENOENT. */
+int mpcp_exec_root(uint32_t id, int *src_fd, int *dst_fd);
+
+/* How many roots there are. */
+uint32_t mpcp_exec_root_count(void);
+
+/*
+ * Installs root id from fds opened by path: an MPI worker rank, which is not
+ * a fork of the planner, learns the roots from its tasks. Takes the fds.
+ * Returns 0 or -ENOMEM.
+ */
+int mpcp_exec_put_root(uint32_t id, int src_fd, int dst_fd);
+
 /*
  * Runs one task: copies every entry of task (bytes) and appends one result
  * per entry, in order, to result (a fresh buffer). hint_src/hint_dst are
@@ -245,6 +276,24 @@ int mpcp_workers_start(mproc_pool **out, int jobs);
 
 /* Submits one task (its bytes are copied); *r is the caller's to destroy. */
 int mpcp_workers_submit(mproc_pool *pool, const struct mpcp_buf *task, mproc_result **r);
+
+/*
+ * Under an MPI launcher (mpirun -n N, N > 1), after the options are parsed:
+ * every rank but 0 serves copy tasks here and gets its exit status back;
+ * rank 0 makes the pool of ranks that mpcp_workers_start() will hand out
+ * and gets -1, as does a run without MPI: then copy as usual.
+ */
+int mpcp_cluster_start(struct mpcp_opts *opt);
+
+/* At the end of main(): lets the ranks go if the planner never took the pool. */
+void mpcp_cluster_end(void);
+
+/*
+ * A plain mpcp started by an MPI launcher runs mpcp-mpi from its own folder
+ * instead (exec, same arguments); returns only when that is not the case,
+ * or with an exit status when it cannot.
+ */
+int mpcp_cluster_exec(char **argv);
 
 /* ---- planner (walk.c) ---- */
 

@@ -9,9 +9,11 @@
  * Task:   u32 magic "MPT1" | u32 flags | u32 src_root | u32 dst_root | u32 count
  *         | str src_dir | str dst_dir | str src_disp | str dst_disp | entry...
  * Entry:  u8 type | u8 flags | u16 0 | u32 mode | u32 uid | u32 gid
- *         | u64 size | u64 blocks | u64 dev | u64 ino | u64 rdev (hard link: its root)
+ *         | u64 size | u64 blocks (chunk: length) | u64 dev | u64 ino
+ *         | u64 rdev (hard link: its root; chunk: offset)
  *         | i64 atime_sec | i64 mtime_sec | u32 atime_nsec | u32 mtime_nsec
- *         | str name | str dst_name ("" = name) | str link_target | str link_disp
+ *         | str name | str dst_name ("" = name)
+ *         | str link_target (chunk, commit: the temporary) | str link_disp
  * Result: u32 magic "MPR1" | u32 count | per entry: u8 status | u8 flags | u16 0
  *         | i32 errno | u64 bytes | str message
  */
@@ -217,7 +219,7 @@ int mpcp_task_decode_entry(const unsigned char *p, size_t len, size_t *pos, stru
     e->link_target = get_str(&r);
     e->link_disp = get_str(&r);
     *pos = r.pos;
-    if (r.bad || e->type < MPCP_T_REG || e->type > MPCP_T_HARDLINK || !*e->name)
+    if (r.bad || e->type < MPCP_T_REG || e->type > MPCP_T_COMMIT || !*e->name)
         return -EBADMSG;
     return 0;
 }

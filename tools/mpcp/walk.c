@@ -26,6 +26,9 @@
 
 #define BATCH_ENTRIES 256
 #define BATCH_BYTES   ((uint64_t)64 << 20)
+/* Larger files are copied in ranges of at least CHUNK_MIN by several workers. */
+#define CHUNK_ABOVE ((uint64_t)64 << 20)
+#define CHUNK_MIN   ((uint64_t)32 << 20)
 
 struct str {
     char *s;
@@ -62,12 +65,30 @@ struct folder {
     char *dst_disp;
 };
 
+/*
+ * A large file copied in ranges by several workers into one temporary that
+ * the planner made (named with its pid: a sweep never takes it from under
+ * the workers). The rename and the metadata come when every range has
+ * reported, like a folder's after its children; any failure removes it.
+ */
+struct chunked {
+    struct mpcp_buf commit; /* header + the MPCP_T_COMMIT entry: finishes and names the file */
+    char *tmp;
+    int sfd, dfd;  /* its folders, kept open until it is finished */
+    unsigned left; /* ranges in flight */
+    bool planned;  /* every range was handed out (or the run stopped) */
+    bool failed, quiet;
+    struct mpcp_result_entry first; /* the first failure, said once for the file */
+    uint64_t bytes;
+};
+
 /* A task in a worker: its bytes are kept to name the entries of its result. */
 struct flight {
     struct mpcp_buf task;
     struct folder *folder; /* NULL for an operand's own task */
     int dfd;               /* its destination folder, swept of temporaries if it dies */
     uint64_t seq;
+    struct chunked *chunk; /* a range of this large file, or NULL */
 };
 
 struct planner {
@@ -366,6 +387,15 @@ static void print_entry(struct planner *p, const struct mpcp_task *t, const stru
     free(dst);
 }
 
+/* A copied entry with a message is a warning (a full link count): said, but not an error. */
+static void warn_result(struct planner *p, bool talk, const char *msg)
+{
+    if (talk)
+        fflush(stdout); /* after its -v line, as errors are */
+    mpcp_progress_clear(p->prog);
+    mpcp_error(0, msg);
+}
+
 static void handle_result(struct planner *p, const struct mpcp_task *t, const struct mpcp_entry *e,
                           const struct mpcp_result_entry *r)
 {
@@ -384,6 +414,8 @@ static void handle_result(struct planner *p, const struct mpcp_task *t, const st
     if (r->status == MPCP_OK) {
         count_ok(p, e, r->bytes);
         mpcp_progress_add(p->prog, 1, unseen);
+        if (r->msg[0])
+            warn_result(p, talk, r->msg);
         return;
     }
     mpcp_progress_add(p->prog, 1, 0);
@@ -479,6 +511,8 @@ static void run_here(struct planner *p)
 
 static void folder_release(struct planner *p, struct folder *fo);
 static void remove_stale(int dfd);
+static void range_done(struct planner *p, struct chunked *c, const void *res, size_t res_len,
+                       mproc_result *r, int rc);
 
 /*
  * A task that did not run to its end: its worker died (twice, with the
@@ -538,7 +572,9 @@ static void complete(struct planner *p, size_t i)
     size_t len;
     int rc = mproc_result_get(r, &data, &len, 0);
     bool was_stopped = p->stop;
-    if (rc == 0)
+    if (f.chunk)
+        range_done(p, f.chunk, rc == 0 ? data : NULL, len, r, rc);
+    else if (rc == 0)
         report_result(p, &f.task, data, len);
     else
         report_lost(p, &f, r, rc);
@@ -582,35 +618,49 @@ static bool in_flight_upto(const struct planner *p, uint64_t seq)
     return false;
 }
 
+/* Waits for room in flight. False when the run stopped meanwhile (out of space, Ctrl-C). */
+static bool wait_room(struct planner *p)
+{
+    while (p->n_fly >= p->max_fly && !mpcp_interrupted)
+        wait_some(p);
+    if (!mpcp_interrupted && !p->stop)
+        return true;
+    p->stop = true;
+    p->status = 1;
+    return false;
+}
+
+/* Records a task just submitted (its result is in fly_r[n_fly]); its bytes move along. */
+static struct flight *take_off(struct planner *p, struct mpcp_buf *task, struct chunked *c)
+{
+    struct flight *f = &p->fly[p->n_fly++];
+    f->folder = p->batch_folder;
+    f->dfd = p->batch_dfd;
+    f->seq = p->batch_seq;
+    f->task = *task;
+    f->chunk = c;
+    if (f->folder)
+        f->folder->pending++;
+    memset(task, 0, sizeof *task);
+    return f;
+}
+
 /* Hands the batch to a worker; its bytes move to the flight record. */
 static void submit(struct planner *p)
 {
     /* Rule (2): hard links wait for the tasks holding their first copies. */
     while (p->batch_dep && in_flight_upto(p, p->batch_dep) && !mpcp_interrupted)
         wait_some(p);
-    while (p->n_fly >= p->max_fly && !mpcp_interrupted)
-        wait_some(p);
-    if (mpcp_interrupted || p->stop) {
-        /* Out of space or Ctrl-C while waiting: this batch is not started. */
-        p->stop = true;
-        p->status = 1;
-        batch_reset(p);
+    if (!wait_room(p)) {
+        batch_reset(p); /* this batch is not started */
         return;
     }
-    struct flight *f = &p->fly[p->n_fly];
     if (mpcp_workers_submit(p->pool, &p->task, &p->fly_r[p->n_fly]) < 0) {
         run_here(p); /* no room to hand it over (memory): copy it here */
         return;
     }
-    f->folder = p->batch_folder;
-    f->dfd = p->batch_dfd;
-    f->seq = p->batch_seq;
-    f->task = p->task;
-    p->n_fly++;
-    if (f->folder)
-        f->folder->pending++;
+    struct flight *f = take_off(p, &p->task, NULL);
     /* The folder's next batch starts from the same header. */
-    memset(&p->task, 0, sizeof p->task);
     if (mpcp_buf_put(&p->task, f->task.data, p->task_header) < 0)
         p->stop = true;
     batch_reset(p);
@@ -707,6 +757,279 @@ static void add_entry(struct planner *p, const char *name, const char *dst_name,
     free(to_free);
     if (e.type == MPCP_T_REG)
         p->batch_bytes += e.size;
+}
+
+/* ---- large files in ranges ---- */
+
+static bool chunkable(const struct planner *p, const struct stat *st, uint8_t flags)
+{
+    const struct mpcp_opts *o = p->opt;
+    /* A new folder: no existing destination, so none of cp's checks before the copy. */
+    if (!p->pool || !p->batch_folder || !(flags & MPCP_E_DEST_NEW) || o->inplace)
+        return false;
+    if (!S_ISREG(st->st_mode) || (uint64_t)st->st_size <= CHUNK_ABOVE)
+        return false;
+    /* Holes are found extent by extent, in order; --reflink=always clones whole or fails. */
+    if ((uint64_t)st->st_blocks * 512 < (uint64_t)st->st_size || o->sparse == MPCP_SPARSE_ALWAYS ||
+        o->reflink == MPCP_REFLINK_ALWAYS)
+        return false;
+    /* A hard-link group's first copy: its links wait for its batch, not for ranges. */
+    return !(o->p_links && st->st_nlink > 1);
+}
+
+static void free_chunked(struct chunked *c)
+{
+    if (c->sfd >= 0)
+        close(c->sfd);
+    if (c->dfd >= 0)
+        close(c->dfd);
+    mpcp_buf_free(&c->commit);
+    free(c->tmp);
+    free((char *)c->first.msg);
+    free(c);
+}
+
+static bool decode_commit(const struct chunked *c, struct mpcp_task *t, struct mpcp_entry *e)
+{
+    size_t pos;
+    return mpcp_task_decode_header(c->commit.data, c->commit.len, t, &pos) == 0 &&
+           mpcp_task_decode_entry(c->commit.data, c->commit.len, &pos, e) == 0;
+}
+
+/* Runs the commit here, with the folders at hand; *r points into p->result. */
+static void commit_here(struct planner *p, struct chunked *c, struct mpcp_result_entry *r)
+{
+    uint32_t n = 0;
+    size_t pos;
+    int rc = mpcp_exec_run(c->commit.data, c->commit.len, c->sfd, c->dfd, &p->result);
+    if (rc == 0 && mpcp_result_decode_header(p->result.data, p->result.len, &n, &pos) == 0 &&
+        n == 1 && mpcp_result_decode_entry(p->result.data, p->result.len, &pos, r) == 0)
+        return;
+    r->status = MPCP_FAILED;
+    r->flags = 0;
+    r->err = rc ? -rc : EBADMSG;
+    r->msg = "internal error running a task";
+}
+
+/* Every range has reported: the file is renamed into place, or its temporary goes. */
+static void finish_chunked(struct planner *p, struct chunked *c)
+{
+    struct mpcp_task t;
+    struct mpcp_entry e;
+    struct mpcp_result_entry r = c->first;
+    if (!decode_commit(c, &t, &e)) {
+        unlinkat(c->dfd, c->tmp, 0);
+        say(p, EBADMSG, "internal error running a task", NULL, NULL);
+    } else if (c->failed && c->quiet) {
+        /* Stopped (Ctrl-C, out of space, worker lost while stopping): said already. */
+        unlinkat(c->dfd, c->tmp, 0);
+        p->status = 1;
+        mpcp_progress_add(p->prog, 1, 0);
+    } else {
+        if (!c->failed)
+            commit_here(p, c, &r);
+        /* A failed range, or a commit that failed or did not run (Ctrl-C meanwhile). */
+        if (r.status != MPCP_OK)
+            unlinkat(c->dfd, c->tmp, 0);
+        /* Its bytes were shown range by range: the file is counted, not its bytes again. */
+        e.type = MPCP_T_REG;
+        r.bytes = c->bytes;
+        p->bytes_seen = c->bytes;
+        handle_result(p, &t, &e, &r);
+        p->bytes_seen = 0;
+    }
+    free_chunked(c);
+}
+
+/* The other ranges of a failed file would be copied for nothing. */
+static void cancel_ranges(struct planner *p, const struct chunked *c)
+{
+    for (size_t i = 0; i < p->n_fly; i++)
+        if (p->fly[i].chunk == c)
+            mproc_result_cancel(p->fly_r[i]);
+}
+
+static void range_failed(struct planner *p, struct chunked *c, const struct mpcp_result_entry *r)
+{
+    if (r->flags & MPCP_R_STOP)
+        p->stop = true;
+    if (c->failed)
+        return;
+    c->failed = true;
+    c->quiet = r->msg == NULL;
+    c->first = *r;
+    c->first.msg = strdup(r->msg ? r->msg : "");
+    if (!c->first.msg)
+        c->quiet = true; /* no memory to say it: the status still tells */
+    cancel_ranges(p, c);
+}
+
+/* "cannot copy 'x': worker 1234 died: ...", as report_lost says it for a batch. */
+static void lost_line(struct chunked *c, mproc_result *r, int rc, char *line, size_t size)
+{
+    const char *why = r ? mproc_result_error(r) : NULL;
+    if (!why)
+        why = mproc_strerror(rc);
+    struct mpcp_task t;
+    struct mpcp_entry e;
+    char *src = NULL, *dst = NULL;
+    if (decode_commit(c, &t, &e))
+        entry_paths(&t, &e, &src, &dst);
+    char q[PATH_MAX * 2] = "";
+    mpcp_quote(q, sizeof q, src ? src : "");
+    mpcp_format(line, size, "cannot copy %s: %s", q, why);
+    free(src);
+    free(dst);
+}
+
+/*
+ * A range has reported (res: its result bytes; NULL: lost, rc and r say
+ * why). Its bytes move the bar; the first failure is kept, to be said once,
+ * for the file; the last range to report finishes the file.
+ */
+static void range_done(struct planner *p, struct chunked *c, const void *res, size_t res_len,
+                       mproc_result *r, int rc)
+{
+    struct mpcp_result_entry e = {MPCP_FAILED, 0, EBADMSG, 0, "internal error running a task"};
+    char line[PATH_MAX * 3];
+    uint32_t n = 0;
+    size_t pos;
+    if (res) {
+        if (mpcp_result_decode_header(res, res_len, &n, &pos) == 0 && n == 1)
+            mpcp_result_decode_entry(res, res_len, &pos, &e);
+    } else if (mpcp_interrupted || p->stop || rc == MPROC_ECANCELLED || rc == MPROC_EBROKEN) {
+        e.msg = NULL; /* the run has failed already and says nothing more */
+    } else {
+        lost_line(c, r, rc, line, sizeof line);
+        e.err = 0;
+        e.msg = line;
+    }
+    if (e.status == MPCP_OK) {
+        c->bytes += e.bytes;
+        mpcp_progress_add(p->prog, 0, e.bytes);
+    } else {
+        range_failed(p, c, &e);
+    }
+    c->left--;
+    if (c->planned && c->left == 0)
+        finish_chunked(p, c);
+}
+
+static void submit_range(struct planner *p, struct chunked *c, struct mpcp_buf *task)
+{
+    if (!wait_room(p)) {
+        const struct mpcp_result_entry quiet = {MPCP_FAILED, 0, EINTR, 0, NULL};
+        range_failed(p, c, &quiet);
+        mpcp_buf_free(task);
+        return;
+    }
+    c->left++;
+    if (mpcp_workers_submit(p->pool, task, &p->fly_r[p->n_fly]) == 0) {
+        take_off(p, task, c);
+        return;
+    }
+    /* No room to hand it over (memory): copy the range here. */
+    int rc = mpcp_exec_run(task->data, task->len, c->sfd, c->dfd, &p->result);
+    mpcp_buf_free(task);
+    range_done(p, c, rc ? NULL : p->result.data, p->result.len, NULL, rc);
+}
+
+/* The task of one range: the commit's header and entry, as a chunk of [off, off + len). */
+static int range_task(const struct chunked *c, size_t header, uint64_t off, uint64_t len,
+                      struct mpcp_buf *task)
+{
+    struct mpcp_task t;
+    struct mpcp_entry e;
+    if (!decode_commit(c, &t, &e))
+        return -EBADMSG;
+    e.type = MPCP_T_CHUNK;
+    e.rdev = off;
+    e.blocks = len;
+    int rc = mpcp_buf_put(task, c->commit.data, header);
+    mpcp_task_truncate(task, header);
+    return rc ? rc : mpcp_task_add(task, &e);
+}
+
+/* Ranges of at least CHUNK_MIN, two per worker at most, in whole MiB. */
+static void plan_ranges(struct planner *p, struct chunked *c, uint64_t size)
+{
+    uint64_t n = size / CHUNK_MIN, most = (uint64_t)p->opt->jobs * 2;
+    if (n > most)
+        n = most;
+    uint64_t mib = (uint64_t)1 << 20, step = (size + n - 1) / n;
+    step = (step + mib - 1) / mib * mib;
+    for (uint64_t off = 0; off < size && !c->failed; off += step) {
+        struct mpcp_buf task = {0};
+        if (range_task(c, p->task_header, off, size - off < step ? size - off : step, &task)) {
+            mpcp_buf_free(&task);
+            const struct mpcp_result_entry oom = {MPCP_FAILED, 0, ENOMEM, 0, "cannot plan a copy"};
+            range_failed(p, c, &oom);
+            break;
+        }
+        submit_range(p, c, &task);
+    }
+}
+
+/* --reflink=auto: a clone, made here, is the whole copy at once. */
+static bool clone_here(struct planner *p, struct chunked *c, int fd, const char *name,
+                       uint8_t flags)
+{
+    if (p->opt->reflink != MPCP_REFLINK_AUTO)
+        return false;
+    int sflags = O_RDONLY | O_CLOEXEC | O_NOCTTY | ((flags & MPCP_E_FOLLOW) ? 0 : O_NOFOLLOW);
+    int src = openat(c->sfd, name, sflags);
+    struct stat d;
+    bool cloned = src >= 0 && fstat(fd, &d) == 0 && mpcp_try_clone(p->opt, src, fd, d.st_dev) == 0;
+    if (src >= 0)
+        close(src);
+    return cloned;
+}
+
+/*
+ * A large file: the planner makes its temporary, workers copy ranges into
+ * it, and the last range to report has it renamed with its metadata. False
+ * when it is not such a file, or when anything fails before a range is
+ * handed out: the usual path then copies it (and says what fails).
+ */
+static bool copy_in_chunks(struct planner *p, const char *name, const struct stat *st,
+                           uint8_t flags)
+{
+    if (!chunkable(p, st, flags))
+        return false;
+    struct chunked *c = calloc(1, sizeof *c);
+    if (!c)
+        return false;
+    c->sfd = fcntl(p->batch_sfd, F_DUPFD_CLOEXEC, 0);
+    c->dfd = fcntl(p->batch_dfd, F_DUPFD_CLOEXEC, 0);
+    char tmp[NAME_MAX + 1];
+    mpcp_temp_name(tmp, sizeof tmp, name);
+    c->tmp = strdup(tmp);
+    struct mpcp_entry e = {0};
+    e.type = MPCP_T_COMMIT;
+    e.flags = flags;
+    e.name = e.dst_name = name;
+    e.link_target = tmp;
+    e.link_disp = "";
+    fill_entry(&e, st);
+    int rc = c->sfd < 0 || c->dfd < 0 || !c->tmp ? -1 : 0;
+    rc = rc ? rc : mpcp_buf_put(&c->commit, p->task.data, p->task_header);
+    mpcp_task_truncate(&c->commit, p->task_header);
+    rc = rc ? rc : mpcp_task_add(&c->commit, &e);
+    int fd = rc ? -1 : openat(c->dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        free_chunked(c);
+        return false;
+    }
+    bool cloned = clone_here(p, c, fd, name, flags);
+    close(fd);
+    if (cloned)
+        c->bytes = (uint64_t)st->st_size;
+    else
+        plan_ranges(p, c, (uint64_t)st->st_size);
+    c->planned = true;
+    if (c->left == 0)
+        finish_chunked(p, c);
+    return true;
 }
 
 /* ---- folders ---- */
@@ -870,9 +1193,12 @@ static void walk_entry(struct planner *p, int sfd, const char *name, struct str 
         subdirs->len += n;
         return;
     }
+    uint8_t eflags = flags | (follow ? 0 : MPCP_E_FOLLOW);
+    if (copy_in_chunks(p, name, &st, eflags))
+        return;
     if (mpcp_task_count(&p->task) >= BATCH_ENTRIES || p->batch_bytes >= BATCH_BYTES)
         flush(p);
-    add_entry(p, name, name, &st, flags | (follow ? 0 : MPCP_E_FOLLOW));
+    add_entry(p, name, name, &st, eflags);
 }
 
 /* Reads the folder: files go into batches, subfolder names into *subdirs. */
