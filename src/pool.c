@@ -907,6 +907,8 @@ static int start_proxy(mproc_pool *pool, void *comm)
  */
 static int join_ranks(const mproc_pool_options *options, void **comm, int *workers, bool *served)
 {
+    *served = false;
+    *comm = NULL;
 #ifdef MPROC_HAVE_MPI
     int rank, size;
     int rc = mproc__mpi_setup(comm, &rank, &size);
@@ -924,9 +926,7 @@ static int join_ranks(const mproc_pool_options *options, void **comm, int *worke
     return 0;
 #else
     (void)options;
-    (void)comm;
-    (void)workers;
-    (void)served;
+    *workers = 0;
     return -ENOTSUP;
 #endif
 }

@@ -27,6 +27,7 @@
 #include <mpi.h>
 
 #include <errno.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -107,7 +108,7 @@ int mproc__mpi_setup(void **comm_out, int *rank, int *size)
     }
     if (provided < MPI_THREAD_SERIALIZED)
         return -ENOTSUP;
-    MPI_Comm *comm = malloc(sizeof(*comm));
+    MPI_Comm *comm = malloc(sizeof(MPI_Comm));
     if (!comm)
         return -ENOMEM;
     /* A communicator of our own: the program's messages never match ours. */
@@ -232,7 +233,7 @@ struct server_rank {
     int rank;
     uint32_t generation;    /* the newest generation seen, CONTROL or STOP */
     struct wire_msg *inbox; /* received, not handled yet, in order */
-    struct wire_msg **inbox_tail;
+    struct wire_msg *inbox_last;
     struct mproc__task_exec exec;
     size_t parts;
 };
@@ -277,19 +278,23 @@ static int drain_inbox(struct server_rank *s)
             return rc;
         if (m->prefix.kind != K_TASK && m->prefix.generation > s->generation)
             s->generation = m->prefix.generation;
-        *s->inbox_tail = m;
-        s->inbox_tail = &m->next;
+        if (s->inbox_last)
+            s->inbox_last->next = m;
+        else
+            s->inbox = m;
+        s->inbox_last = m;
     }
 }
 
 static struct wire_msg *next_message(struct server_rank *s)
 {
     struct wire_msg *m = s->inbox;
-    if (m) {
-        s->inbox = m->next;
-        if (!s->inbox)
-            s->inbox_tail = &s->inbox;
-    }
+    if (!m)
+        return NULL;
+    s->inbox = m->next;
+    if (s->inbox_last == m)
+        s->inbox_last = NULL;
+    m->next = NULL;
     return m;
 }
 
@@ -365,7 +370,6 @@ int mproc__mpi_serve(void *comm_arg, int rank, const mproc_pool_options *options
 {
     MPI_Comm *comm = comm_arg;
     struct server_rank s = {.comm = *comm, .rank = rank, .parts = part_max()};
-    s.inbox_tail = &s.inbox;
     s.exec.ctx.worker = rank - 1;
     struct hello hello = {.pid = getpid()};
     (void)gethostname(hello.host, sizeof(hello.host) - 1);
@@ -429,6 +433,23 @@ struct mproc__mpi_proxy {
     _Atomic(const char *) failure;
 };
 
+/*
+ * Puts a message on the pool's result queue, waiting while it is full (the
+ * pool's result thread is behind), but not once the pool has shut its end of
+ * the server socket: its result thread is gone then and nobody would read.
+ */
+static void put_for_pool(struct mproc__mpi_proxy *p, const void *msg, size_t len)
+{
+    for (;;) {
+        int rc = mproc_queue_put(p->result_q, msg, len, 100);
+        if (rc != -ETIMEDOUT && rc != -EAGAIN && rc != -EINTR)
+            return;
+        struct pollfd pfd = {.fd = p->sock, .events = POLLIN};
+        if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLHUP | POLLERR)))
+            return;
+    }
+}
+
 static void post(struct mproc__mpi_proxy *p, const struct pool_res_msg *msg, const char *text)
 {
     size_t text_len = text ? strlen(text) : 0;
@@ -436,9 +457,10 @@ static void post(struct mproc__mpi_proxy *p, const struct pool_res_msg *msg, con
     if (text_len > sizeof(buf) - sizeof(*msg))
         text_len = sizeof(buf) - sizeof(*msg);
     memcpy(buf, msg, sizeof(*msg));
+    /* The text goes without its NUL: the message's length says where it ends. */
     if (text_len)
-        memcpy(buf + sizeof(*msg), text, text_len);
-    (void)mproc_queue_put(p->result_q, buf, sizeof(*msg) + text_len, MPROC_WAIT_FOREVER);
+        memcpy(buf + sizeof(*msg), text, text_len); // NOLINT(bugprone-not-null-terminated-result)
+    put_for_pool(p, buf, sizeof(*msg) + text_len);
 }
 
 static void post_up(struct mproc__mpi_proxy *p, int w)
@@ -660,8 +682,7 @@ static void on_result(struct mproc__mpi_proxy *p, int w, struct wire_msg *m)
     memcpy(m->head, &res, sizeof(res));
     forget_sent(p, w, res.id);
     /* head and body are one allocation: the pool's result message as a worker makes it. */
-    (void)mproc_queue_put(p->result_q, m->head, sizeof(res) + m->prefix.body_len,
-                          MPROC_WAIT_FOREVER);
+    put_for_pool(p, m->head, sizeof(res) + m->prefix.body_len);
 }
 
 static void on_hello(struct mproc__mpi_proxy *p, int w, const struct wire_msg *m)

@@ -90,7 +90,10 @@ Test(mpi, payload_in_parts, .timeout = 300)
     expect_ok(&r, "ok big=10000000");
 }
 
-/* A real payload over 2 GiB each way: MPI's int counts would refuse it in one message. */
+/*
+ * A real argument over 2 GiB: MPI's int counts would refuse it in one
+ * message. (Results go the same way in parts: payload_in_parts.)
+ */
 Test(mpi, payload_over_2_gib, .timeout = 600)
 {
 #ifdef MPROC_TEST_SANITIZED

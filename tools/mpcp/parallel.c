@@ -182,7 +182,7 @@ static int add_root(struct mpcp_buf *b, uint32_t id)
     if (mpcp_exec_root(id, &sfd, &dfd) != 0)
         return 0; /* a malformed task: the worker says so */
     char src[PATH_MAX], dst[PATH_MAX];
-    uint32_t slen, dlen;
+    uint32_t slen = 0, dlen = 0;
     int rc = root_path(sfd, src, sizeof src, &slen);
     rc = rc ? rc : root_path(dfd, dst, sizeof dst, &dlen);
     uint32_t head[3] = {id, slen, dlen};

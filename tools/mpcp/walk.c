@@ -769,6 +769,13 @@ static bool chunkable(const struct planner *p, const struct stat *st, uint8_t fl
         return false;
     if (!S_ISREG(st->st_mode) || (uint64_t)st->st_size <= CHUNK_ABOVE)
         return false;
+    /*
+     * Only when workers would otherwise wait: writers of one file take turns
+     * on its inode's lock (tmpfs, ext4), so ranges of one file copied side by
+     * side were 5-10% slower here than whole files copied side by side.
+     */
+    if (p->n_fly >= (size_t)p->opt->jobs)
+        return false;
     /* Holes are found extent by extent, in order; --reflink=always clones whole or fails. */
     if ((uint64_t)st->st_blocks * 512 < (uint64_t)st->st_size || o->sparse == MPCP_SPARSE_ALWAYS ||
         o->reflink == MPCP_REFLINK_ALWAYS)
