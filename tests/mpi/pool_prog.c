@@ -348,6 +348,62 @@ static int scenario_crash(void)
     return 2;
 }
 
+struct counter {
+    uint64_t next, end, item;
+};
+
+static int count_source(void *arg, const void **item, size_t *len)
+{
+    struct counter *c = arg;
+    if (c->next == c->end)
+        return 0;
+    c->item = c->next++;
+    *item = &c->item;
+    *len = sizeof(c->item);
+    return 1;
+}
+
+static int callbacks_run;
+
+static void on_done(mproc_result *result, void *arg)
+{
+    callbacks_run++;
+}
+
+/* imap over lazily made items, callbacks, cancel and wait_many, as on one machine. */
+static int scenario_iterators(long n)
+{
+    mproc_pool *pool = start(NULL);
+    struct counter c = {0, (uint64_t)n, 0};
+    mproc_imap *it;
+    CHECK(mproc_pool_imap(pool, square, count_source, &c, 64, 0, true, &it) == 0, "imap");
+    for (long i = 0; i < n; i++) {
+        const void *data;
+        size_t len, index;
+        int rc = mproc_imap_next(it, &data, &len, &index, 60000);
+        CHECK(rc == 0 && index == (size_t)i && get_u64(data) == (uint64_t)i * (uint64_t)i,
+              "imap item %ld: %s", i, mproc_strerror(rc));
+    }
+    const void *data;
+    size_t len, index;
+    CHECK(mproc_imap_next(it, &data, &len, &index, 1000) == MPROC_ECLOSED, "imap end");
+    mproc_imap_destroy(&it);
+    enum { K = 200 };
+    mproc_result *r[K];
+    for (int i = 0; i < K; i++) {
+        uint64_t x = (uint64_t)i;
+        CHECK(mproc_pool_apply_async(pool, square, &x, 8, on_done, on_done, NULL, &r[i]) == 0, "a");
+    }
+    size_t ready = 0;
+    CHECK(mproc_result_wait_many(r, K, true, &ready, 60000) == 0 && ready == K, "wait_many");
+    for (int i = 0; i < K; i++)
+        mproc_result_destroy(&r[i]);
+    finish(pool);
+    CHECK(callbacks_run == K, "%d callbacks for %d results", callbacks_run, K);
+    printf("ok iterators=%ld\n", n);
+    return 0;
+}
+
 /* Tasks/s for docs/CLUSTER.md: empty tasks, apply_async then get in a window. */
 static int scenario_rate(long n)
 {
@@ -399,6 +455,8 @@ int main(int argc, char **argv)
         return scenario_terminate();
     if (strcmp(what, "crash") == 0)
         return scenario_crash();
+    if (strcmp(what, "iterators") == 0)
+        return scenario_iterators(n);
     if (strcmp(what, "rate") == 0)
         return scenario_rate(n);
     fprintf(stderr, "pool_prog: unknown scenario '%s'\n", what);

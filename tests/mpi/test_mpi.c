@@ -82,6 +82,14 @@ Test(mpi, tasks_complete_on_every_rank, .timeout = 300)
     }
 }
 
+/* imap over 100,000 lazily made items in order, callbacks once each, wait_many. */
+Test(mpi, iterators_and_callbacks, .timeout = 300)
+{
+    struct run r;
+    run_mpi(3, NULL, "iterators 100000", 240, &r);
+    expect_ok(&r, "ok iterators=100000");
+}
+
 /* Messages in many parts (1 MiB here): the path a payload over 2 GiB takes. */
 Test(mpi, payload_in_parts, .timeout = 300)
 {
