@@ -18,10 +18,12 @@
 #include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,6 +33,8 @@
 #define MAX_WINDOW      1024
 #define QUEUED_WORK_NS  2000000.0
 #define RESULT_BATCH    64
+#define RESULT_ROUNDS   4
+#define RECEIVE_BUFFER  ((size_t)512 * 1024)
 #define HOUSEKEEPING_MS 100
 #define TASK_RING       (1 << 20)
 /*
@@ -38,6 +42,13 @@
  * it can only be sent whole to a worker that is reading: an idle one.
  */
 #define STREAMED_TASK (TASK_RING / 4)
+/*
+ * Task records are recycled with their small messages in them: submitting
+ * threads allocate them and the result thread frees them, and malloc's
+ * arenas handle that hand-over badly (arena lock contention, fresh pages).
+ */
+#define TASK_SMALL  96
+#define SPARE_TASKS 4096
 
 enum pool_state { POOL_RUNNING, POOL_CLOSED, POOL_TERMINATED, POOL_BROKEN };
 
@@ -53,8 +64,10 @@ struct task {
     int worker; /* -1 while pending */
     bool retried;
     bool timed_out;
-    struct task *prev, *next; /* pending list, or the worker's in-flight list */
+    struct task *prev, *next; /* pending list, or the worker's in-flight list, or spares */
     struct task *hash_next;
+    struct map_input *input;                     /* holds msg, for a large map's chunks */
+    _Alignas(8) unsigned char small[TASK_SMALL]; /* msg, when it fits */
 };
 
 struct task_list {
@@ -101,6 +114,9 @@ struct mproc_pool {
     struct task_list pending;
     struct worker_state *ws;
     struct task **table; /* id -> task, chained */
+    struct task *spare;  /* records to reuse, linked by next */
+    size_t nspare;
+    struct mproc__result_slabs result_slabs;
     size_t table_size;
     size_t ntasks;
     double avg_task_ns;
@@ -222,13 +238,43 @@ static void table_remove(mproc_pool *pool, struct task *t)
     pool->ntasks--;
 }
 
-static void free_task(struct task *t)
+/*
+ * The chunk messages of a large map, serialised into one block of huge pages
+ * rather than a malloc each: 4 M items are 64 MB of messages, which malloc
+ * takes from the system and gives back every time, a page fault per 4 KiB.
+ * Its tasks share it; guarded by pool->lock.
+ */
+struct map_input {
+    size_t refs;
+    size_t size;
+};
+
+#define MAP_INPUT_MIN   MPROC__HUGE_PAGE
+#define MAP_INPUT_START ((sizeof(struct map_input) + 63) & ~(size_t)63)
+
+static void map_input_unref(struct map_input *input)
+{
+    if (--input->refs == 0)
+        (void)munmap(input, input->size);
+}
+
+/* Frees t, or keeps it for the next task (lock held). */
+static void free_task(mproc_pool *pool, struct task *t)
 {
     for (size_t i = 0; i < t->nfds; i++)
         mproc__close(t->fds[i]);
     free(t->fds);
-    free(t->msg);
-    free(t);
+    if (t->input)
+        map_input_unref(t->input);
+    else if (t->msg != t->small)
+        free(t->msg);
+    if (pool->nspare >= SPARE_TASKS) {
+        free(t);
+        return;
+    }
+    t->next = pool->spare;
+    pool->spare = t;
+    pool->nspare++;
 }
 
 /* ---- talking to the fork server ---- */
@@ -364,7 +410,7 @@ static void retire_task(mproc_pool *pool, struct task *t)
     else
         list_remove(&pool->pending, t);
     table_remove(pool, t);
-    free_task(t);
+    free_task(pool, t);
 }
 
 static void finish_result_if_done(mproc_result *result, struct done_list *done)
@@ -394,24 +440,54 @@ static void note_elapsed(mproc_pool *pool, uint64_t ns, size_t nitems)
     pool->window = want < MIN_WINDOW ? MIN_WINDOW : want > MAX_WINDOW ? MAX_WINDOW : (size_t)want;
 }
 
-/* A task's result arrived: buf (a whole result message) becomes the result's. */
-static void handle_done(mproc_pool *pool, unsigned char *buf, size_t len, struct done_list *done)
+/*
+ * Keeps the body of a result message with its result, since the result's
+ * chunks point into it: owned (the whole message, from a get of its own) as
+ * it is, a small one inside the result, others copied.
+ */
+static const unsigned char *keep_body(mproc_result *result, const unsigned char *msg, size_t len,
+                                      void *owned)
+{
+    const unsigned char *body = msg + sizeof(struct pool_res_msg);
+    size_t body_len = len - sizeof(struct pool_res_msg);
+    if (owned)
+        return mproc__result_keep_buffer(result, owned) == 0 ? body : NULL;
+    if (result->nchunks == 1 && body_len <= RESULT_SMALL) {
+        if (body_len)
+            memcpy(result->small, body, body_len);
+        return result->small;
+    }
+    return mproc__result_keep_copy(result, body, body_len);
+}
+
+/* A task's result arrived (msg, len); owned is msg when it is an allocation to take over. */
+static void handle_done(mproc_pool *pool, const unsigned char *msg_bytes, size_t len, void *owned,
+                        struct done_list *done)
 {
     struct pool_res_msg msg;
-    memcpy(&msg, buf, sizeof(msg));
+    memcpy(&msg, msg_bytes, sizeof(msg));
     struct task *t = table_find(pool, msg.id);
-    if (!t || mproc__result_keep_buffer(t->result, buf) < 0) {
-        free(buf); /* cancelled, terminated, or no memory to keep it */
+    /* Item lengths are worked out from the table: it must be whole, and the chunk's. */
+    if (t && msg.kind == RES_CHUNK &&
+        (msg.nitems != t->nitems ||
+         len - sizeof(msg) < (size_t)msg.nitems * sizeof(struct pool_item_res))) {
+        free(owned);
+        fail_task(pool, t, -EBADMSG, "malformed result message", done);
+        return;
+    }
+    const unsigned char *body = t ? keep_body(t->result, msg_bytes, len, owned) : NULL;
+    if (!body) {
+        free(owned); /* cancelled, terminated, or no memory to keep it */
         return;
     }
     note_elapsed(pool, msg.elapsed_ns, msg.kind == RES_CHUNK ? msg.nitems : 1);
     mproc_result *result = t->result;
-    unsigned char *body = buf + sizeof(msg);
+    size_t table_len = (size_t)msg.nitems * sizeof(struct pool_item_res);
     if (msg.kind == RES_DONE)
         mproc__result_set_single(result, t->chunk, msg.status, body, len - sizeof(msg));
     else
-        mproc__result_set_table(result, t->chunk, body,
-                                body + (size_t)msg.nitems * sizeof(struct pool_item_res));
+        mproc__result_set_table(result, t->chunk, body, body + table_len,
+                                len - sizeof(msg) - table_len);
     retire_task(pool, t);
     finish_result_if_done(result, done);
 }
@@ -523,24 +599,26 @@ static void handle_up(mproc_pool *pool, const struct pool_res_msg *msg)
         server_request(pool, OP_KILL, w, SIGKILL);
 }
 
-static void handle_message(mproc_pool *pool, void *buf, size_t len, struct done_list *done)
+/* One message from the result queue; owned is buf when it is an allocation to take over. */
+static void handle_message(mproc_pool *pool, const unsigned char *buf, size_t len, void *owned,
+                           struct done_list *done)
 {
     struct pool_res_msg msg;
     if (len < sizeof(msg)) {
-        free(buf);
+        free(owned);
         return;
     }
     memcpy(&msg, buf, sizeof(msg));
     switch (msg.kind) {
     case RES_DONE:
     case RES_CHUNK:
-        handle_done(pool, buf, len, done);
+        handle_done(pool, buf, len, owned, done);
         return;
     case RES_WORKER_DIED: {
         /* Over MPI the proxy explains the death in text after the header. */
         char text[513];
         size_t n = len - sizeof(msg) < sizeof(text) - 1 ? len - sizeof(msg) : sizeof(text) - 1;
-        memcpy(text, (const char *)buf + sizeof(msg), n);
+        memcpy(text, buf + sizeof(msg), n);
         text[n] = '\0';
         handle_death(pool, &msg, n ? text : NULL, done);
         break;
@@ -551,7 +629,7 @@ static void handle_message(mproc_pool *pool, void *buf, size_t len, struct done_
     default:
         break;
     }
-    free(buf);
+    free(owned);
 }
 
 /* ---- housekeeping: timeouts, the fork server, joins ---- */
@@ -656,21 +734,50 @@ static void run_callbacks(mproc_pool *pool, struct done_list *done)
     done->count = 0;
 }
 
+/*
+ * Takes a batch of result messages: into rx (one lock and one copy for up to
+ * RESULT_BATCH of them, no allocation), or, for one larger than rx, into an
+ * allocation of its own in *owned.
+ */
+static int receive(mproc_pool *pool, unsigned char *rx, size_t rx_cap, struct iovec *msgs,
+                   size_t *count, void **owned, int timeout_ms)
+{
+    *owned = NULL;
+    *count = 0;
+    int rc =
+        mproc_queue_get_many(pool->result_q, rx, rx_cap, msgs, RESULT_BATCH, count, timeout_ms);
+    if (rc != -EMSGSIZE)
+        return rc;
+    size_t len = 0;
+    rc = mproc_queue_get(pool->result_q, owned, &len, 0);
+    if (rc == 0) {
+        msgs[0] = (struct iovec){.iov_base = *owned, .iov_len = len};
+        *count = 1;
+    }
+    return rc;
+}
+
 static void *result_thread(void *arg)
 {
     mproc_pool *pool = arg;
     struct done_list done = {0};
+    struct iovec msgs[RESULT_BATCH];
+    /* Without it every message takes the allocating path: slower, not wrong. */
+    unsigned char *rx = malloc(RECEIVE_BUFFER);
+    size_t rx_cap = rx ? RECEIVE_BUFFER : 0;
     for (;;) {
-        void *buf = NULL;
-        size_t len = 0;
-        int rc = mproc_queue_get(pool->result_q, &buf, &len, next_wait_ms(pool));
+        size_t count = 0;
+        void *owned = NULL;
+        int rc = receive(pool, rx, rx_cap, msgs, &count, &owned, next_wait_ms(pool));
         pthread_mutex_lock(&pool->lock);
-        for (int n = 0; rc == 0 && n < RESULT_BATCH; n++) {
-            handle_message(pool, buf, len, &done);
-            rc = mproc_queue_get(pool->result_q, &buf, &len, 0);
+        /* What came meanwhile too: the rest of a round (syscalls) is paid once for all. */
+        for (int round = 0; rc == 0 && round < RESULT_ROUNDS; round++) {
+            for (size_t i = 0; i < count; i++)
+                handle_message(pool, msgs[i].iov_base, msgs[i].iov_len, owned, &done);
+            rc = receive(pool, rx, rx_cap, msgs, &count, &owned, 0);
         }
-        if (rc == 0)
-            handle_message(pool, buf, len, &done);
+        for (size_t i = 0; rc == 0 && i < count; i++)
+            handle_message(pool, msgs[i].iov_base, msgs[i].iov_len, owned, &done);
         check_timeouts(pool);
         check_server(pool, &done);
         dispatch(pool);
@@ -683,6 +790,7 @@ static void *result_thread(void *arg)
             break;
     }
     free(done.items);
+    free(rx);
     return NULL;
 }
 
@@ -774,14 +882,20 @@ static void release_pool(mproc_pool *pool)
     for (size_t i = 0; i < pool->table_size; i++) {
         for (struct task *t = pool->table[i], *next; t; t = next) {
             next = t->hash_next;
-            free_task(t);
+            free_task(pool, t);
         }
     }
     free(pool->table);
+    for (struct task *t = pool->spare, *next; t; t = next) {
+        next = t->next;
+        free(t);
+    }
     free(pool->task_q);
     free(pool->parent_socks);
     free(pool->worker_socks);
     free(pool->ws);
+    mproc__result_slabs_release(&pool->result_slabs);
+    pthread_mutex_destroy(&pool->result_slabs.lock);
     pthread_mutex_destroy(&pool->lock);
     pool->magic = 0;
     free(pool);
@@ -807,6 +921,7 @@ static int alloc_pool(mproc_pool **out, const mproc_pool_options *options)
     pool->window = MIN_WINDOW;
     pool->next_id = 1;
     pthread_mutex_init(&pool->lock, NULL);
+    pthread_mutex_init(&pool->result_slabs.lock, NULL);
     pool->task_q = calloc((size_t)workers, sizeof(mproc_queue *));
     pool->parent_socks = malloc((size_t)workers * sizeof(int));
     pool->worker_socks = malloc((size_t)workers * sizeof(int));
@@ -1015,13 +1130,27 @@ static int check_submit(const mproc_pool *pool)
     return 0;
 }
 
-/* Builds a task record around a serialised message; takes msg. */
+/*
+ * Builds a task record around a serialised message (lock held): takes msg
+ * (malloc'd) if owned, else copies it into the record (msg_len <= TASK_SMALL).
+ */
 static struct task *new_task(mproc_pool *pool, mproc_result *result, size_t chunk, size_t nitems,
-                             unsigned char *msg, size_t msg_len)
+                             unsigned char *msg, size_t msg_len, bool owned)
 {
-    struct task *t = calloc(1, sizeof(*t));
-    if (!t)
-        return NULL;
+    struct task *t = pool->spare;
+    if (t) {
+        pool->spare = t->next;
+        pool->nspare--;
+    } else {
+        t = malloc(sizeof(*t));
+        if (!t)
+            return NULL;
+    }
+    memset(t, 0, offsetof(struct task, small));
+    if (!owned) {
+        memcpy(t->small, msg, msg_len);
+        msg = t->small;
+    }
     t->id = pool->next_id++;
     t->result = result;
     t->chunk = chunk;
@@ -1049,13 +1178,14 @@ static int submit_locked(mproc_pool *pool, struct task *t)
     return 0;
 }
 
+/* Into buf when it fits (TASK_SMALL bytes), else into a new allocation. */
 static unsigned char *serialise_single(mproc_task_fn fn, const void *arg, size_t len, size_t nfds,
-                                       size_t *msg_len)
+                                       unsigned char *buf, size_t *msg_len)
 {
     struct pool_task_msg header = {
         .fn = (uint64_t)(uintptr_t)fn, .kind = MSG_TASK, .nitems = 1, .nfds = (uint32_t)nfds};
     *msg_len = sizeof(header) + len;
-    unsigned char *msg = malloc(*msg_len);
+    unsigned char *msg = *msg_len <= TASK_SMALL ? buf : malloc(*msg_len);
     if (!msg)
         return NULL;
     memcpy(msg, &header, sizeof(header));
@@ -1122,13 +1252,16 @@ static int apply_common(mproc_pool *pool, mproc_task_fn fn, const void *arg, siz
     rc = check_fn(pool, fn, nfds);
     if (rc < 0)
         return rc;
-    mproc_result *result = mproc__result_new(pool, 1, 1, false, out != NULL);
+    mproc_result *result = mproc__result_new(pool, &pool->result_slabs, 1, 1, false, out != NULL);
     size_t msg_len;
-    unsigned char *msg = result ? serialise_single(fn, arg, len, nfds, &msg_len) : NULL;
+    unsigned char buf[TASK_SMALL];
+    unsigned char *msg = result ? serialise_single(fn, arg, len, nfds, buf, &msg_len) : NULL;
+    bool owned = msg != buf;
     int *copies = NULL;
     rc = msg ? dup_fds(fds, nfds, &copies) : -ENOMEM;
     if (rc < 0) {
-        free(msg);
+        if (owned)
+            free(msg);
         discard_result(result);
         return rc;
     }
@@ -1136,19 +1269,20 @@ static int apply_common(mproc_pool *pool, mproc_task_fn fn, const void *arg, siz
     result->error_callback = error_callback;
     result->callback_arg = callback_arg;
     pthread_mutex_lock(&pool->lock);
-    struct task *t = new_task(pool, result, 0, 1, msg, msg_len);
+    struct task *t = new_task(pool, result, 0, 1, msg, msg_len, owned);
     rc = t ? 0 : -ENOMEM;
     if (t) {
         t->fds = copies;
         t->nfds = nfds;
         rc = submit_locked(pool, t);
         if (rc < 0)
-            free_task(t);
+            free_task(pool, t);
     }
     pthread_mutex_unlock(&pool->lock);
     if (rc < 0) {
         if (!t) {
-            free(msg);
+            if (owned)
+                free(msg);
             for (size_t i = 0; copies && i < nfds; i++)
                 mproc__close(copies[i]);
             free(copies);
@@ -1207,15 +1341,22 @@ int mproc_pool_apply(mproc_pool *pool, mproc_task_fn fn, const void *arg, size_t
     return rc;
 }
 
-static unsigned char *serialise_chunk(mproc_task_fn fn, const struct iovec *items, size_t count,
-                                      size_t *msg_len)
+static size_t chunk_msg_len(const struct iovec *items, size_t count)
 {
     size_t bytes = sizeof(struct pool_task_msg) + count * sizeof(uint64_t);
     for (size_t i = 0; i < count; i++)
         bytes += items[i].iov_len;
-    unsigned char *msg = malloc(bytes);
-    if (!msg)
-        return NULL;
+    return bytes;
+}
+
+static size_t align8(size_t n)
+{
+    return (n + 7) & ~(size_t)7;
+}
+
+static void write_chunk(unsigned char *msg, mproc_task_fn fn, const struct iovec *items,
+                        size_t count)
+{
     struct pool_task_msg header = {
         .fn = (uint64_t)(uintptr_t)fn, .kind = MSG_CHUNK, .nitems = (uint32_t)count};
     memcpy(msg, &header, sizeof(header));
@@ -1228,8 +1369,46 @@ static unsigned char *serialise_chunk(mproc_task_fn fn, const struct iovec *item
             memcpy(data, items[i].iov_base, n);
         data += n;
     }
-    *msg_len = bytes;
+}
+
+static unsigned char *serialise_chunk(mproc_task_fn fn, const struct iovec *items, size_t count,
+                                      size_t *msg_len)
+{
+    *msg_len = chunk_msg_len(items, count);
+    unsigned char *msg = malloc(*msg_len);
+    if (msg)
+        write_chunk(msg, fn, items, count);
     return msg;
+}
+
+/*
+ * Every chunk message of a large map, one after the other (8-byte aligned),
+ * with a reference for the caller; NULL for a small map (or without memory:
+ * then each chunk gets its malloc).
+ */
+static struct map_input *map_input_new(mproc_task_fn fn, const struct iovec *items, size_t count,
+                                       size_t chunksize)
+{
+    size_t total = MAP_INPUT_START;
+    for (size_t first = 0; first < count; first += chunksize) {
+        size_t n = count - first < chunksize ? count - first : chunksize;
+        total += align8(chunk_msg_len(items + first, n));
+    }
+    if (total < MAP_INPUT_MIN)
+        return NULL;
+    size_t size = (total + MPROC__HUGE_PAGE - 1) & ~(MPROC__HUGE_PAGE - 1);
+    struct map_input *input = mproc__huge_alloc(size);
+    if (!input)
+        return NULL;
+    input->refs = 1;
+    input->size = size;
+    unsigned char *next = (unsigned char *)input + MAP_INPUT_START;
+    for (size_t first = 0; first < count; first += chunksize) {
+        size_t n = count - first < chunksize ? count - first : chunksize;
+        write_chunk(next, fn, items + first, n);
+        next += align8(chunk_msg_len(items + first, n));
+    }
+    return input;
 }
 
 /*
@@ -1269,7 +1448,8 @@ int mproc_pool_map_async(mproc_pool *pool, mproc_task_fn fn, const struct iovec 
         chunksize = default_chunksize(pool, items, count);
     if (chunksize > UINT32_MAX)
         chunksize = UINT32_MAX;
-    mproc_result *result = mproc__result_new(pool, count, chunksize, true, true);
+    mproc_result *result =
+        mproc__result_new(pool, &pool->result_slabs, count, chunksize, true, true);
     if (!result)
         return -ENOMEM;
     if (count == 0) {
@@ -1278,21 +1458,34 @@ int mproc_pool_map_async(mproc_pool *pool, mproc_task_fn fn, const struct iovec 
         *out = result;
         return 0;
     }
+    /* Serialised before taking the lock, which the result thread needs meanwhile. */
+    struct map_input *input = map_input_new(fn, items, count, chunksize);
+    unsigned char *next = input ? (unsigned char *)input + MAP_INPUT_START : NULL;
     pthread_mutex_lock(&pool->lock);
     size_t first = 0;
     for (; first < count && rc == 0; first += chunksize) {
         size_t n = count - first < chunksize ? count - first : chunksize;
-        size_t msg_len;
-        unsigned char *msg = serialise_chunk(fn, items + first, n, &msg_len);
-        struct task *t = msg ? new_task(pool, result, first / chunksize, n, msg, msg_len) : NULL;
+        size_t msg_len = chunk_msg_len(items + first, n);
+        unsigned char *msg = next;
+        if (input)
+            next += align8(msg_len);
+        else
+            msg = serialise_chunk(fn, items + first, n, &msg_len);
+        struct task *t =
+            msg ? new_task(pool, result, first / chunksize, n, msg, msg_len, true) : NULL;
         if (!t) {
-            free(msg);
+            if (!input)
+                free(msg);
             rc = -ENOMEM;
             break;
         }
+        if (input) {
+            t->input = input;
+            input->refs++;
+        }
         rc = submit_locked(pool, t);
         if (rc < 0) {
-            free_task(t);
+            free_task(pool, t);
             break;
         }
     }
@@ -1307,6 +1500,8 @@ int mproc_pool_map_async(mproc_pool *pool, mproc_task_fn fn, const struct iovec 
             mproc__result_unref(result); /* the pool's reference: no task holds it */
         }
     }
+    if (input)
+        map_input_unref(input);
     pthread_mutex_unlock(&pool->lock);
     *out = result;
     return 0;

@@ -94,8 +94,7 @@ static int run_chunk(struct mproc__task_exec *x, mproc_task_fn fn, size_t n,
         const void *data;
         size_t len;
         outcome(x, status, &data, &len);
-        struct pool_item_res entry = {
-            .offset = x->out_len - data_start, .len = len, .status = status};
+        struct pool_item_res entry = {.offset = x->out_len - data_start, .status = status};
         rc = out_append(x, data, len);
         if (rc == 0 && status != 0)
             rc = out_append(x, "", 1); /* messages are read as C strings */

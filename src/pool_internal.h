@@ -25,6 +25,7 @@
 #include <mproc/process.h>
 #include <mproc/queue.h>
 
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdint.h>
 
@@ -66,12 +67,14 @@ struct pool_res_msg {
 
 /*
  * One item of a RES_CHUNK payload: the table of nitems entries comes first,
- * then the bytes; offset is from the start of the bytes. A failed item's
- * bytes are its message, NUL-terminated (the NUL not counted in len).
+ * then the bytes; offset is from the start of the bytes. An item's bytes end
+ * where the next one's start (the last one's, at the end of the message). A
+ * failed item's bytes are its message, NUL-terminated (the NUL is not part
+ * of its length). No length field: a map keeps every chunk's message, and
+ * 8 bytes less an item is a quarter of a map of 8-byte results.
  */
 struct pool_item_res {
     uint64_t offset;
-    uint64_t len;
     int32_t status;
     uint32_t pad;
 };
@@ -204,9 +207,40 @@ struct result_chunk {
     char *error;                /* its message then (owned) */
     const unsigned char *table; /* RES_CHUNK: nitems entries of struct pool_item_res */
     const unsigned char *data;  /* RES_CHUNK: the bytes; RES_DONE: the result or message */
-    size_t len;                 /* RES_DONE: length of data */
+    size_t len;                 /* length of data */
     int32_t single_status;      /* RES_DONE: the task's status */
 };
+
+/* Result bytes up to this size are copied into the result itself. */
+#define RESULT_SMALL 32
+
+struct result_block;
+struct result_slab;
+
+/*
+ * Where a pool's result records come from: slabs of one huge page each. A
+ * round of 400,000 outstanding results is about 100 MB; from malloc, it went
+ * back to the system when they were destroyed and cost a page fault per
+ * 4 KiB when the next round took it again. The price: a slab is unmapped
+ * only when all its records (about 8,000) are destroyed, so a few results
+ * kept for long keep their slabs' 2 MiB each.
+ */
+struct mproc__result_slabs {
+    pthread_mutex_t lock;
+    struct result_slab *current;
+};
+
+/*
+ * size bytes (a multiple of MPROC__HUGE_PAGE) of zeroed memory at a huge-page
+ * boundary, advised for transparent huge pages: fresh memory then costs one
+ * page fault per 2 MiB instead of one per 4 KiB. NULL without memory; give it
+ * back with munmap().
+ */
+#define MPROC__HUGE_PAGE ((size_t)2 << 20)
+void *mproc__huge_alloc(size_t size);
+
+/* Releases the current slab (its records stay valid until destroyed). */
+void mproc__result_slabs_release(struct mproc__result_slabs *slabs);
 
 struct mproc_result {
     uint32_t magic;
@@ -225,27 +259,39 @@ struct mproc_result {
     void **buffers; /* messages the chunks point into */
     size_t nbuffers;
     size_t buffers_cap;
+    struct result_block *blocks; /* where a large map's messages are copied */
+    size_t kept_bytes;           /* bytes of messages kept so far */
     mproc_result_callback callback;
     mproc_result_callback error_callback;
     void *callback_arg;
     bool is_map;
+    struct result_slab *slab; /* the record's, or NULL: malloc'd */
+    /* An apply's one chunk and small result live here: no allocation but the result's. */
+    struct result_chunk one_chunk;
+    _Alignas(16) unsigned char small[RESULT_SMALL];
 };
 
 /*
  * A new result for count items in chunks of chunksize, with one reference for
  * the pool and, if owned, one for the caller.
  */
-mproc_result *mproc__result_new(mproc_pool *pool, size_t count, size_t chunksize, bool is_map,
-                                bool owned);
+mproc_result *mproc__result_new(mproc_pool *pool, struct mproc__result_slabs *slabs, size_t count,
+                                size_t chunksize, bool is_map, bool owned);
 
 /* Takes ownership of buf (free()), which chunks of this result point into. */
 int mproc__result_keep_buffer(mproc_result *result, void *buf);
 
-/* Records chunk index from a result message kept with keep_buffer(). */
+/*
+ * Keeps a copy of the len bytes at data for the life of result; returns it
+ * (16-byte aligned), or NULL without memory.
+ */
+unsigned char *mproc__result_keep_copy(mproc_result *result, const void *data, size_t len);
+
+/* Records chunk index from a result message kept with keep_buffer() or keep_copy(). */
 void mproc__result_set_single(mproc_result *result, size_t index, int status, const void *data,
                               size_t len);
 void mproc__result_set_table(mproc_result *result, size_t index, const void *table,
-                             const void *data);
+                             const void *data, size_t data_len);
 
 /* Fails chunk index as a whole (its worker died, the pool was terminated...). */
 void mproc__result_fail_chunk(mproc_result *result, size_t index, int status, const char *message);

@@ -997,10 +997,11 @@ int mproc_queue_get_many(mproc_queue *queue, void *buf, size_t cap, struct iovec
         pthread_mutex_unlock(&shared->get_lock);
         size_t len;
         rc = mproc_queue_get_into(queue, buf, cap, &len, timeout_ms);
-        if (rc == 0) {
-            messages[0] = (struct iovec){.iov_base = buf, .iov_len = len};
+        if (rc == 0)
             *count = 1;
-        }
+        /* -EMSGSIZE says how large, as for a message that is not streamed. */
+        if (rc == 0 || rc == -EMSGSIZE)
+            messages[0] = (struct iovec){.iov_base = rc == 0 ? buf : NULL, .iov_len = len};
         return rc;
     }
     /* Copy out every whole message that fits, then release them with one store. */

@@ -8,10 +8,28 @@
 #include "pool_internal.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #define RESULT_MAGIC 0x6d707273u /* "mprs" */
+#define HUGE_PAGE    MPROC__HUGE_PAGE
+#define BLOCK_SIZE   ((size_t)4 << 20)
+#define BLOCKS_AFTER ((size_t)1 << 20)
+
+/*
+ * Message copies of a large result (a map of millions of items keeps every
+ * chunk's result message) are packed into blocks aligned to huge pages.
+ * Fresh memory costs a page fault per 4 KiB, and on this kind of VM a fault
+ * is tens of microseconds: 128 MB of map results took over a second in
+ * malloc'd buffers, and a few hundredths of one in huge pages.
+ */
+struct result_block {
+    struct result_block *next;
+    size_t size;
+    size_t used;
+};
 
 /* Every completion bumps this, for waits on several results at once. */
 static _Atomic uint32_t completions;
@@ -22,18 +40,85 @@ static bool valid(const mproc_result *result)
     return result && result->magic == RESULT_MAGIC;
 }
 
-mproc_result *mproc__result_new(mproc_pool *pool, size_t count, size_t chunksize, bool is_map,
-                                bool owned)
+/* A slab is a huge page of records; its header takes the first record's place. */
+struct result_slab {
+    _Atomic size_t live; /* records not destroyed, plus one while it is a pool's current */
+    size_t used;         /* records handed out (under the pool's slab lock) */
+};
+
+#define RECORD_SIZE  ((sizeof(mproc_result) + 63) & ~(size_t)63)
+#define SLAB_RECORDS (HUGE_PAGE / RECORD_SIZE - 1)
+
+static void slab_unref(struct result_slab *slab)
+{
+    if (atomic_fetch_sub(&slab->live, 1) == 1)
+        (void)munmap(slab, HUGE_PAGE);
+}
+
+static void free_record(mproc_result *result)
+{
+    if (result->slab)
+        slab_unref(result->slab);
+    else
+        free(result);
+}
+
+void mproc__result_slabs_release(struct mproc__result_slabs *slabs)
+{
+    pthread_mutex_lock(&slabs->lock);
+    if (slabs->current)
+        slab_unref(slabs->current);
+    slabs->current = NULL;
+    pthread_mutex_unlock(&slabs->lock);
+}
+
+/* A zeroed record from the pool's current slab, or NULL (then malloc is used). */
+static mproc_result *slab_alloc(struct mproc__result_slabs *slabs)
+{
+    pthread_mutex_lock(&slabs->lock);
+    struct result_slab *slab = slabs->current;
+    /* Only our reference left: every record is gone, start again from the warm top. */
+    if (slab && atomic_load(&slab->live) == 1)
+        slab->used = 0;
+    if (slab && slab->used == SLAB_RECORDS) {
+        slab_unref(slab);
+        slab = NULL;
+    }
+    if (!slab) {
+        slab = mproc__huge_alloc(HUGE_PAGE);
+        if (slab)
+            atomic_store(&slab->live, 1);
+    }
+    slabs->current = slab;
+    mproc_result *result = NULL;
+    if (slab) {
+        result = (mproc_result *)((unsigned char *)slab + RECORD_SIZE * ++slab->used);
+        atomic_fetch_add(&slab->live, 1);
+    }
+    pthread_mutex_unlock(&slabs->lock);
+    if (result) {
+        memset(result, 0, sizeof(*result));
+        result->slab = slab;
+    }
+    return result;
+}
+
+mproc_result *mproc__result_new(mproc_pool *pool, struct mproc__result_slabs *slabs, size_t count,
+                                size_t chunksize, bool is_map, bool owned)
 {
     if (!chunksize)
         chunksize = 1;
     size_t nchunks = count ? (count + chunksize - 1) / chunksize : 0;
-    mproc_result *result = calloc(1, sizeof(*result));
+    mproc_result *result = slabs ? slab_alloc(slabs) : NULL;
+    if (!result)
+        result = calloc(1, sizeof(*result));
     if (!result)
         return NULL;
-    result->chunks = calloc(nchunks ? nchunks : 1, sizeof(*result->chunks));
+    result->chunks = &result->one_chunk;
+    if (nchunks > 1)
+        result->chunks = calloc(nchunks, sizeof(*result->chunks));
     if (!result->chunks) {
-        free(result);
+        free_record(result);
         return NULL;
     }
     result->magic = RESULT_MAGIC;
@@ -61,6 +146,73 @@ int mproc__result_keep_buffer(mproc_result *result, void *buf)
     return 0;
 }
 
+static size_t align16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
+
+void *mproc__huge_alloc(size_t size)
+{
+    size_t span = size + HUGE_PAGE;
+    unsigned char *p = mmap(NULL, span, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return NULL;
+    uintptr_t start = ((uintptr_t)p + HUGE_PAGE - 1) & ~(uintptr_t)(HUGE_PAGE - 1);
+    size_t head = start - (uintptr_t)p;
+    if (head)
+        (void)munmap(p, head);
+    if (span - head > size)
+        (void)munmap(p + head + size, span - head - size);
+    (void)madvise(p + head, size, MADV_HUGEPAGE);
+    return p + head;
+}
+
+static struct result_block *block_new(size_t size)
+{
+    struct result_block *block = mproc__huge_alloc(size);
+    if (!block)
+        return NULL;
+    block->next = NULL;
+    block->size = size;
+    block->used = align16(sizeof(*block));
+    return block;
+}
+
+/* Room for len bytes in result's blocks, or NULL to use malloc instead. */
+static unsigned char *block_alloc(mproc_result *result, size_t len)
+{
+    /* A small result would waste most of a huge page. */
+    if (result->kept_bytes < BLOCKS_AFTER || len > BLOCK_SIZE / 4)
+        return NULL;
+    struct result_block *block = result->blocks;
+    if (!block || block->size - block->used < align16(len)) {
+        block = block_new(BLOCK_SIZE);
+        if (!block)
+            return NULL;
+        block->next = result->blocks;
+        result->blocks = block;
+    }
+    unsigned char *at = (unsigned char *)block + block->used;
+    block->used += align16(len);
+    return at;
+}
+
+unsigned char *mproc__result_keep_copy(mproc_result *result, const void *data, size_t len)
+{
+    unsigned char *copy = block_alloc(result, len);
+    if (!copy) {
+        copy = malloc(len ? len : 1);
+        if (!copy || mproc__result_keep_buffer(result, copy) < 0) {
+            free(copy);
+            return NULL;
+        }
+    }
+    if (len)
+        memcpy(copy, data, len);
+    result->kept_bytes += len;
+    return copy;
+}
+
 static char *copy_text(const void *text, size_t len)
 {
     char *copy = malloc(len + 1);
@@ -86,12 +238,13 @@ void mproc__result_set_single(mproc_result *result, size_t index, int status, co
 }
 
 void mproc__result_set_table(mproc_result *result, size_t index, const void *table,
-                             const void *data)
+                             const void *data, size_t data_len)
 {
     struct result_chunk *chunk = &result->chunks[index];
     chunk->set = true;
     chunk->table = table;
     chunk->data = data;
+    chunk->len = data_len;
     result->remaining--;
 }
 
@@ -123,10 +276,16 @@ static int item_at(const mproc_result *result, size_t i, const void **data, size
         *len = chunk->status ? strlen(chunk->error ? chunk->error : "") : chunk->len;
         return status;
     }
-    struct pool_item_res entry;
-    memcpy(&entry, chunk->table + (i % result->chunksize) * sizeof(entry), sizeof(entry));
+    size_t j = i % result->chunksize;
+    struct pool_item_res entry, next;
+    memcpy(&entry, chunk->table + j * sizeof(entry), sizeof(entry));
+    uint64_t end = chunk->len;
+    if (j + 1 < chunk_items(result, i / result->chunksize)) {
+        memcpy(&next, chunk->table + (j + 1) * sizeof(next), sizeof(next));
+        end = next.offset;
+    }
     *data = chunk->data + entry.offset;
-    *len = (size_t)entry.len;
+    *len = (size_t)(end - entry.offset) - (entry.status ? 1 : 0);
     return entry.status;
 }
 
@@ -175,9 +334,14 @@ static void free_result(mproc_result *result)
     for (size_t i = 0; i < result->nbuffers; i++)
         free(result->buffers[i]);
     free(result->buffers);
-    free(result->chunks);
+    for (struct result_block *block = result->blocks, *next; block; block = next) {
+        next = block->next;
+        (void)munmap(block, block->size);
+    }
+    if (result->chunks != &result->one_chunk)
+        free(result->chunks);
     result->magic = 0;
-    free(result);
+    free_record(result);
 }
 
 void mproc__result_unref(mproc_result *result)

@@ -182,6 +182,56 @@ Test(pool, map_in_order_with_chunks, .timeout = 60)
     mproc_pool_destroy(&pool);
 }
 
+/* Item x: x % 17 bytes of (x & 0xff), or a failure for every 1000th. */
+static int ragged(mproc_task_ctx *ctx, const void *arg, size_t len)
+{
+    int64_t x;
+    memcpy(&x, arg, sizeof(x));
+    if (x % 1000 == 999)
+        return mproc_task_fail(ctx, "item %lld refused", (long long)x);
+    unsigned char out[17];
+    memset(out, (int)(x & 0xff), sizeof(out));
+    return mproc_task_return(ctx, out, (size_t)(x % 17));
+}
+
+/* Large enough for the input and the results to take the huge-page paths; lengths vary. */
+Test(pool, map_large_ragged_results, .timeout = 120)
+{
+    mproc_pool *pool = make_pool(2);
+    enum { N = 300000 };
+    int64_t *xs = malloc(N * sizeof(*xs));
+    struct iovec *items = malloc(N * sizeof(*items));
+    for (int i = 0; i < N; i++) {
+        xs[i] = i;
+        items[i] = (struct iovec){.iov_base = &xs[i], .iov_len = sizeof(xs[i])};
+    }
+    for (int round = 0; round < 2; round++) {
+        mproc_result *r;
+        cr_assert_eq(mproc_pool_map(pool, ragged, items, N, 0, &r), MPROC_ETASKFAILED);
+        cr_assert_str_eq(mproc_result_error(r), "item 999 refused");
+        for (int i = 0; i < N; i++) {
+            const void *data;
+            size_t len;
+            int rc = mproc_result_item(r, (size_t)i, &data, &len);
+            if (i % 1000 == 999) {
+                cr_assert_eq(rc, MPROC_ETASKFAILED, "item %d", i);
+                char want[64];
+                snprintf(want, sizeof(want), "item %d refused", i);
+                cr_assert_str_eq(mproc_result_item_error(r, (size_t)i), want);
+                continue;
+            }
+            cr_assert_eq(rc, 0, "item %d", i);
+            cr_assert_eq(len, (size_t)(i % 17), "item %d", i);
+            for (size_t b = 0; b < len; b++)
+                cr_assert_eq(((const unsigned char *)data)[b], (unsigned char)(i & 0xff));
+        }
+        mproc_result_destroy(&r);
+    }
+    free(items);
+    free(xs);
+    mproc_pool_destroy(&pool);
+}
+
 static _Atomic int callbacks_ok, callbacks_err;
 
 static void on_ok(mproc_result *r, void *arg)
