@@ -824,23 +824,30 @@ static int make_channels(mproc_pool *pool)
     return rc;
 }
 
-/* Forks the fork server; it never returns in the child. */
-static int start_server(mproc_pool *pool)
+/* What the fork server (or the MPI proxy) needs to serve the pool, answering on server_sock. */
+static struct pool_process_config process_config(const mproc_pool *pool, int server_sock)
 {
-    int pair[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
-        return -errno;
     struct pool_process_config config = {
         .workers = pool->workers,
         .task_q = pool->task_q,
         .result_q = pool->result_q,
         .slots = pool->slots,
         .worker_socks = pool->worker_socks,
-        .server_sock = pair[1],
+        .server_sock = server_sock,
         .initializer = pool->options.initializer,
         .initializer_arg = pool->options.initializer_arg,
         .max_tasks_per_child = pool->options.max_tasks_per_child,
     };
+    return config;
+}
+
+/* Forks the fork server; it never returns in the child. */
+static int start_server(mproc_pool *pool)
+{
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
+        return -errno;
+    struct pool_process_config config = process_config(pool, pair[1]);
     (void)fflush(stdout);
     (void)fflush(stderr);
     pid_t pid = fork();
@@ -992,13 +999,7 @@ static int start_proxy(mproc_pool *pool, void *comm)
         mproc__mpi_release(comm);
         return -errno;
     }
-    struct pool_process_config config = {
-        .workers = pool->workers,
-        .task_q = pool->task_q,
-        .result_q = pool->result_q,
-        .slots = pool->slots,
-        .server_sock = pair[1],
-    };
+    struct pool_process_config config = process_config(pool, pair[1]);
     int rc = mproc__mpi_proxy_start(&pool->mpi, comm, &config, pool->options.task_timeout_ms);
     if (rc < 0) {
         mproc__close(pair[0]);

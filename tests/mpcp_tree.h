@@ -20,6 +20,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <sys/xattr.h>
 #include <time.h>
@@ -90,6 +91,24 @@ static inline void run_in(const char *cwd, bool as_nobody, const char *const *ar
 }
 
 /* ---- building trees ---- */
+
+/*
+ * Runs "mpcp -a s o" in folder cwd and waits for it: its wait status in
+ * *status, and in *ru its resource use (ru_maxrss: the peak of its largest
+ * process, mpcp or a worker).
+ */
+static inline void run_mpcp_measured(const char *cwd, int *status, struct rusage *ru)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(cwd) < 0)
+            _exit(126);
+        execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, "-a", "s", "o", (char *)NULL);
+        _exit(127);
+    }
+    cr_assert_eq(wait4(pid, status, 0, ru), pid);
+}
 
 static inline void must(int rc, const char *what, const char *name)
 {

@@ -902,17 +902,9 @@ Test(mpcp_beyond, memory_does_not_grow_with_the_tree, .init = setup_work, .fini 
         close(sub);
     }
     close(s);
-    pid_t pid = fork();
-    cr_assert_geq(pid, 0);
-    if (pid == 0) {
-        if (chdir(work) < 0)
-            _exit(126);
-        execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, "-a", "s", "o", (char *)NULL);
-        _exit(127);
-    }
     int st;
     struct rusage ru;
-    cr_assert_eq(wait4(pid, &st, 0, &ru), pid);
+    run_mpcp_measured(work, &st, &ru);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0);
     cr_assert_lt(ru.ru_maxrss, 16 * 1024, "peak resident memory %ld KiB", ru.ru_maxrss);
 }

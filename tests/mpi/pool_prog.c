@@ -101,6 +101,17 @@ static int init_rank(void *arg)
     return arg && rank && strcmp(rank, "2") == 0 ? 7 : 0;
 }
 
+/* Adds pid to the n distinct ones in pids (room for cap) if it is new there. */
+static void note_pid(uint64_t *pids, int *n, int cap, uint64_t pid)
+{
+    for (int k = 0; k < *n; k++) {
+        if (pids[k] == pid)
+            return;
+    }
+    if (*n < cap)
+        pids[(*n)++] = pid;
+}
+
 static mproc_pool *start(const mproc_pool_options *options)
 {
     mproc_pool *pool = NULL;
@@ -141,11 +152,7 @@ static int scenario_tasks(long n)
         CHECK(get_u64(data) == (uint64_t)i * (uint64_t)i, "wrong square for %ld", i);
         uint64_t pid = get_u64((const char *)data + 8);
         CHECK(pid != (uint64_t)getpid(), "task ran on rank 0");
-        int k = 0;
-        while (k < distinct && pids[k] != pid)
-            k++;
-        if (k == distinct && distinct < 64)
-            pids[distinct++] = pid;
+        note_pid(pids, &distinct, 64, pid);
         mproc_result_destroy(&results[i]);
     }
     free(results);
@@ -255,12 +262,7 @@ static int scenario_timeout(void)
         const void *data;
         size_t len;
         CHECK(mproc_result_get(again[i], &data, &len, 30000) == 0, "again %d", i);
-        uint64_t pid = get_u64(data);
-        int k = 0;
-        while (k < distinct && pids[k] != pid)
-            k++;
-        if (k == distinct)
-            pids[distinct++] = pid;
+        note_pid(pids, &distinct, M, get_u64(data));
         mproc_result_destroy(&again[i]);
     }
     CHECK(distinct == workers, "%d of %d ranks took tasks after the timeout", distinct, workers);

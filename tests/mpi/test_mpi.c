@@ -69,6 +69,14 @@ static void expect_ok(const struct run *r, const char *line)
     cr_expect_null(strstr(r->out, "FAIL"), "output:\n%s", r->out);
 }
 
+/* Runs a pool_prog scenario that ends by printing ok_line. */
+static void expect_scenario(int ranks, const char *env, const char *args, const char *ok_line)
+{
+    struct run r;
+    run_mpi(ranks, env, args, 240, &r);
+    expect_ok(&r, ok_line);
+}
+
 /* Every rank other than 0 serves: results right, in order for map, on every rank. */
 Test(mpi, tasks_complete_on_every_rank, .timeout = 300)
 {
@@ -85,17 +93,13 @@ Test(mpi, tasks_complete_on_every_rank, .timeout = 300)
 /* imap over 100,000 lazily made items in order, callbacks once each, wait_many. */
 Test(mpi, iterators_and_callbacks, .timeout = 300)
 {
-    struct run r;
-    run_mpi(3, NULL, "iterators 100000", 240, &r);
-    expect_ok(&r, "ok iterators=100000");
+    expect_scenario(3, NULL, "iterators 100000", "ok iterators=100000");
 }
 
 /* Messages in many parts (1 MiB here): the path a payload over 2 GiB takes. */
 Test(mpi, payload_in_parts, .timeout = 300)
 {
-    struct run r;
-    run_mpi(2, "MPROC_MPI_PART_MAX=1048576", "big 10000000", 240, &r);
-    expect_ok(&r, "ok big=10000000");
+    expect_scenario(2, "MPROC_MPI_PART_MAX=1048576", "big 10000000", "ok big=10000000");
 }
 
 /*
@@ -115,25 +119,19 @@ Test(mpi, payload_over_2_gib, .timeout = 600)
 /* A task over the timeout fails with a message; its rank comes back after it. */
 Test(mpi, timeout_sets_rank_aside_then_back, .timeout = 300)
 {
-    struct run r;
-    run_mpi(4, NULL, "timeout", 240, &r);
-    expect_ok(&r, "ok timeout");
+    expect_scenario(4, NULL, "timeout", "ok timeout");
 }
 
 /* A failing task, an unregistered function, descriptors, a task by name. */
 Test(mpi, task_errors, .timeout = 300)
 {
-    struct run r;
-    run_mpi(3, NULL, "errors", 240, &r);
-    expect_ok(&r, "ok errors");
+    expect_scenario(3, NULL, "errors", "ok errors");
 }
 
 /* A rank whose initializer fails is left out; the others do the work. */
 Test(mpi, initializer_failure_on_one_rank, .timeout = 300)
 {
-    struct run r;
-    run_mpi(4, NULL, "initfail", 240, &r);
-    expect_ok(&r, "ok initfail");
+    expect_scenario(4, NULL, "initfail", "ok initfail");
 }
 
 /* terminate() fails what is not done at once and every rank still shuts down. */
