@@ -8,6 +8,11 @@ worker processes, for W = 1, 2, 4, measured in the same run on this machine.
 - mpcp: files per second copying 20,000 x 4 KiB files in 200 folders on
   tmpfs, from mpcp's own --json seconds (the copy, without mpirun's start),
   and the whole command's wall time (with it).
+- walk: mpcp over 3 ranks copying 20,000 files in about 10,000 small
+  folders, with the folders read by the ranks (MPCP_WALK=workers) beside
+  rank 0 reading them (MPCP_WALK=planner), rounds interleaved: from tmpfs,
+  and through a FUSE mount (bindfs) where every stat crosses to a user-space
+  daemon, as on a network filesystem, if bindfs is installed.
 
 Median of rounds. Needs the MPI build (libmproc_mpi, mpcp-mpi, Open MPI).
 usage: cluster.py BUILD_DIR [--rounds N]
@@ -54,6 +59,38 @@ def mpcp_run(build, workers, mpi, src, dst):
     return summary["files"] / summary["seconds"], wall
 
 
+def walk_seconds(build, walk, src, dst):
+    mpcp = os.path.join(build, "tools", "mpcp", "mpcp")
+    shutil.rmtree(dst, ignore_errors=True)
+    env = dict(os.environ, MPCP_WALK=walk)
+    command = MPIRUN + ["-x", "MPCP_WALK", "-n", "3", mpcp, "-a", "--json", src, dst]
+    return run_json(command, env)["seconds"]
+
+
+def walk_cases(build, work, rounds):
+    src, dst = os.path.join(work, "small"), os.path.join(work, "dst")
+    subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "make-tree"), src,
+                    "--files", "20000", "--dirs", "4000", "--size", "4096", "--big", "0"],
+                   check=True, stdout=subprocess.DEVNULL)
+    sources = [("tmpfs", src)]
+    mnt = os.path.join(work, "fuse")
+    if shutil.which("bindfs"):
+        os.makedirs(mnt)
+        subprocess.run(["bindfs", src, mnt], check=True)
+        sources.append(("FUSE (bindfs)", mnt))
+    try:
+        for name, path in sources:
+            ours, reference = [], []
+            for _ in range(rounds):
+                ours.append(walk_seconds(build, "workers", path, dst))
+                reference.append(walk_seconds(build, "planner", path, dst))
+            emit("mpcp s, 10,000 small folders, %s, folders read by the ranks" % name, "s",
+                 statistics.median(ours), statistics.median(reference), "read by rank 0")
+    finally:
+        if len(sources) > 1:
+            subprocess.run(["fusermount", "-u", mnt], check=False)
+
+
 def emit(case, unit, ours, reference, reference_name):
     print(json.dumps({"bench": "cluster", "case": case, "value": round(ours, 3), "unit": unit,
                       "ours": "over MPI", "reference": reference_name,
@@ -90,6 +127,7 @@ def main():
             emit("mpcp wall s, %d worker%s" % (w, "s" * (w > 1)), "s",
                  statistics.median(r[1] for r in mpi), statistics.median(r[1] for r in local),
                  "local mpcp")
+        walk_cases(args.build, work, args.rounds)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

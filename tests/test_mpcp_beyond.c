@@ -850,6 +850,7 @@ Test(mpcp_beyond, help_and_man_page_agree, .init = setup_work, .fini = teardown_
     cr_assert_not_null(env, "mpcp.1 has no ENVIRONMENT section");
     cr_expect(strstr(env, ".B MPCP_NO_RETRY\n") != NULL, "MPCP_NO_RETRY is not in mpcp.1");
     cr_expect(strstr(env, ".B MPCP_TASK_RESOLVE\n") != NULL, "MPCP_TASK_RESOLVE is not in mpcp.1");
+    cr_expect(strstr(env, ".B MPCP_WALK\n") != NULL, "MPCP_WALK is not in mpcp.1");
 }
 
 Test(mpcp_beyond, jobs_1_and_8_give_identical_trees, .init = setup_work, .fini = teardown_work,
@@ -879,6 +880,163 @@ Test(mpcp_beyond, jobs_1_and_8_give_identical_trees, .init = setup_work, .fini =
     compare_trees(a, b, CMP_MTIME | CMP_OWNER);
     close(a);
     close(b);
+}
+
+/* s/d0..d9/e0..e4 with files, links across folders, an empty folder and a wide one. */
+static int make_walk_tree(int wide_entries, bool links)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    int folders = 0;
+    for (int d = 0; d < 10; d++) {
+        char name[32];
+        snprintf(name, sizeof name, "d%d", d);
+        int sub = sub_dir(s, name, 0750);
+        folders++;
+        for (int e = 0; e < 5; e++) {
+            snprintf(name, sizeof name, "e%d", e);
+            int leaf = sub_dir(sub, name, 0755);
+            folders++;
+            for (int f = 0; f < 8; f++) {
+                snprintf(name, sizeof name, "f%d", f);
+                write_pattern(leaf, name, (size_t)(f * 331));
+            }
+            must(symlinkat("f1", leaf, "l"), "symlink", "l");
+            close(leaf);
+        }
+        snprintf(name, sizeof name, "link%d", d);
+        if (links)
+            must(linkat(sub, "e0/f1", s, name, 0), "link", name);
+        close(sub);
+    }
+    close(sub_dir(s, "empty", 0700));
+    int wide = sub_dir(s, "wide", 0755);
+    folders += 2;
+    for (int i = 0; i < wide_entries; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "w%d", i);
+        int fd = openat(wide, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        must(fd, "create", name);
+        close(fd);
+    }
+    close(wide);
+    stamp_tree(s, 1600000000);
+    close(s);
+    return folders;
+}
+
+static void compare_with_source(const char *copy)
+{
+    int a = openat(wfd, "s", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    int b = openat(wfd, copy, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    cr_assert(a >= 0 && b >= 0, "cannot open the trees");
+    compare_trees(a, b, CMP_MTIME | CMP_OWNER);
+    cr_assert_eq(count_temporaries(b), 0);
+    close(a);
+    close(b);
+}
+
+/*
+ * The walk shared out (as under MPI): workers list every folder but the top
+ * one and the wide one, which the planner reads itself, and the copy is
+ * the planner's own walk's.
+ */
+Test(mpcp_beyond, workers_walk_copies_as_the_planner_walk, .init = setup_work,
+     .fini = teardown_work, .timeout = 120)
+{
+    int folders = make_walk_tree(16385, true);
+    struct run_result r;
+    setenv("MPCP_WALK", "workers", 1);
+    mpcp(&r, (const char *const[]){"-a", "-j", "3", "--json", "s", "o", NULL});
+    unsetenv("MPCP_WALK");
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    char want[64];
+    snprintf(want, sizeof want, "\"folders_listed_by_workers\":%d}", folders - 1);
+    cr_assert(strstr(r.out, want) != NULL, "want %s in %s", want, r.out);
+    cr_assert(strstr(r.out, "\"hardlinks\":10,") != NULL, "%s", r.out);
+    compare_with_source("o");
+    /* And by default on one machine the planner reads every folder. */
+    mpcp(&r, (const char *const[]){"-a", "-j", "3", "--json", "s", "o2", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"folders_listed_by_workers\":0}") != NULL, "%s", r.out);
+}
+
+/* Kills every grandchild of pid (the pool's workers, under its fork server). */
+static int kill_grandchildren(pid_t pid)
+{
+    int killed = 0;
+    DIR *d = opendir("/proc");
+    for (struct dirent *de = d ? readdir(d) : NULL; de; de = readdir(d)) {
+        pid_t child = (pid_t)atoi(de->d_name);
+        char path[64], line[256];
+        snprintf(path, sizeof path, "/proc/%d/stat", child);
+        FILE *f = child > 0 ? fopen(path, "re") : NULL;
+        if (!f)
+            continue;
+        int ppid = 0;
+        if (fgets(line, sizeof line, f)) {
+            const char *rp = strrchr(line, ')');
+            if (rp)
+                sscanf(rp + 2, "%*c %d", &ppid);
+        }
+        fclose(f);
+        snprintf(path, sizeof path, "/proc/%d/stat", ppid);
+        f = ppid > 1 ? fopen(path, "re") : NULL;
+        int gpid = 0;
+        if (f && fgets(line, sizeof line, f)) {
+            const char *rp = strrchr(line, ')');
+            if (rp)
+                sscanf(rp + 2, "%*c %d", &gpid);
+        }
+        if (f)
+            fclose(f);
+        if (gpid == pid && kill(child, SIGKILL) == 0)
+            killed++;
+    }
+    if (d)
+        closedir(d);
+    return killed;
+}
+
+/*
+ * Workers SIGKILLed again and again while they list folders and copy: the
+ * run ends (no hang), names what it lost, and a rerun with -u completes.
+ * (No hard links here: -u keeps what the first run made, as cp -u does, so
+ * a link made in the rerun to a member already there depends on the order.)
+ */
+Test(mpcp_beyond, workers_walk_survives_killed_workers, .init = setup_work,
+     .fini = teardown_work, .timeout = 120)
+{
+    make_walk_tree(3000, false);
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(work) < 0)
+            _exit(126);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        setenv("MPCP_WALK", "workers", 1);
+        execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, "-a", "-j", "2", "s", "o", (char *)NULL);
+        _exit(127);
+    }
+    int killed = 0, st = 0;
+    for (int round = 0; round < 200 && waitpid(pid, &st, WNOHANG) == 0; round++) {
+        if (killed < 6)
+            killed += kill_grandchildren(pid);
+        usleep(5000);
+    }
+    if (killed < 6 || waitpid(pid, &st, WNOHANG) == 0) {
+        /* Ended before six kills (a fast machine), or still busy: wait, bounded by the timeout. */
+        waitpid(pid, &st, 0);
+    }
+    cr_assert(WIFEXITED(st), "mpcp died: %d", st);
+    cr_assert(WEXITSTATUS(st) == 0 || WEXITSTATUS(st) == 1, "status %d", WEXITSTATUS(st));
+    cr_log_info("%d workers killed; first run's status %d", killed, WEXITSTATUS(st));
+    struct run_result r;
+    setenv("MPCP_WALK", "workers", 1);
+    mpcp(&r, (const char *const[]){"-auT", "-j", "2", "s", "o", NULL});
+    unsetenv("MPCP_WALK");
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    compare_with_source("o");
 }
 
 /* Memory follows the work in flight, not the tree: 20,000 files stay in a few MiB. */

@@ -201,6 +201,13 @@ static int open_below(int root_fd, const char *path, bool follow, int *out)
     return 0;
 }
 
+int mpcp_exec_open_src(uint32_t id, const char *path, bool follow, int *fd)
+{
+    if (id >= n_roots || roots[id].src < 0)
+        return -ENOENT;
+    return open_below(roots[id].src, path, follow, fd);
+}
+
 static int cached_dir(struct dir_cache *c, uint32_t root, int root_fd, const char *path,
                       bool follow, int *fd, dev_t *dev)
 {

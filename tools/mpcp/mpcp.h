@@ -62,6 +62,7 @@ struct mpcp_stats {
     uint64_t files, dirs, symlinks, hardlinks, specials, skipped, errors;
     uint64_t bytes;
     uint64_t files_total, bytes_total;
+    uint64_t listed; /* folders read from a worker's listing (the distributed walk) */
     double seconds;
 };
 
@@ -262,6 +263,57 @@ void mpcp_temp_name(char *buf, size_t size, const char *name);
 /* True if name is one of our temporaries left by a process that is gone. */
 bool mpcp_is_stale_temp(const char *name);
 
+/*
+ * Opens the folder path below root id's source (O_PATH), one component at a
+ * time, following symlinks only if follow. Returns 0 or -errno.
+ */
+int mpcp_exec_open_src(uint32_t id, const char *path, bool follow, int *fd);
+
+/* ---- folder listings (listing.c): the walk's reading, done by a worker ---- */
+
+/* A folder with more entries is read by the planner itself (memory per listing). */
+#define MPCP_LIST_MAX  16384u
+#define MPCP_LIST_WIDE 1 /* a listing's status: the folder has more than MPCP_LIST_MAX entries */
+
+/* Request flags. */
+#define MPCP_LIST_FOLLOW_DIR 0x1u /* resolve the path through symlinks (-H, -L) */
+#define MPCP_LIST_FOLLOW     0x2u /* stat entries and enter folders through symlinks (-L) */
+#define MPCP_LIST_ONE_FS     0x4u /* -x: do not list folders of another filesystem */
+
+/* One folder's listing in a result (a section). */
+struct mpcp_list_info {
+    const char *rel; /* the folder, from the requested one ("" for itself) */
+    int status;      /* 0, -errno of the folder, or MPCP_LIST_WIDE */
+    uint32_t count;
+    dev_t dir_dev; /* the folder's device and inode as the worker saw them */
+    ino_t dir_ino;
+    size_t start, entries, end; /* offsets: the section, its first entry, its end */
+};
+
+struct mpcp_listed {
+    const char *name; /* points into the result */
+    int err;          /* the stat's errno; st is unset then */
+    struct stat st;
+};
+
+/* Builds the request to list path below root's source and some folders below it. */
+int mpcp_list_request(struct mpcp_buf *b, uint32_t root, const char *path, unsigned flags);
+bool mpcp_list_is_request(const unsigned char *p, size_t len);
+
+/* Runs a request (a worker): out gets the result. Returns 0, -EBADMSG or -ENOMEM. */
+int mpcp_list_run(const unsigned char *req, size_t len, struct mpcp_buf *out);
+
+/*
+ * Decoding; the names point into the result. A result holds sections, one
+ * per folder listed, the requested one first; a section's entries are
+ * decoded from info.entries up to info.end. Each returns 0 or -EBADMSG.
+ */
+int mpcp_list_decode_result(const unsigned char *p, size_t len, uint32_t *sections, size_t *pos);
+int mpcp_list_decode_section(const unsigned char *p, size_t len, size_t *pos,
+                             struct mpcp_list_info *info);
+int mpcp_list_decode_entry(const unsigned char *p, size_t end, size_t *pos,
+                           struct mpcp_listed *e);
+
 /* ---- workers (parallel.c) ---- */
 
 #include <mproc/pool.h>
@@ -274,7 +326,14 @@ bool mpcp_is_stale_temp(const char *name);
  */
 int mpcp_workers_start(mproc_pool **out, int jobs);
 
-/* Submits one task (its bytes are copied); *r is the caller's to destroy. */
+/*
+ * Whether the workers should read the folders of the tree in src_fd (the
+ * walk shared out): under MPI when the ranks span several nodes or the
+ * source is on a network filesystem; MPCP_WALK=workers or planner chooses.
+ */
+bool mpcp_workers_walk(const mproc_pool *pool, int src_fd);
+
+/* Submits one task or listing request (its bytes are copied); *r is the caller's to destroy. */
 int mpcp_workers_submit(mproc_pool *pool, const struct mpcp_buf *task, mproc_result **r);
 
 /*

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 /* Set while a worker runs a task: a stop signal then lets the executor clean up. */
@@ -144,6 +145,83 @@ static int copy_task(mproc_task_ctx *ctx, const void *arg_in, size_t len)
     return 0;
 }
 
+static int list_task(mproc_task_ctx *ctx, const void *arg_in, size_t len)
+{
+    const unsigned char *arg = arg_in;
+    int taken = take_roots(ctx, &arg, &len);
+    if (taken != 0)
+        return taken;
+    struct mpcp_buf out = {0};
+    in_task = 1;
+    int rc = mpcp_list_run(arg, len, &out);
+    in_task = 0;
+    if (rc == 0)
+        rc = mproc_task_return(ctx, out.data, out.len);
+    mpcp_buf_free(&out);
+    if (mpcp_interrupted)
+        die_by(mpcp_interrupted);
+    if (rc == -EBADMSG)
+        return mproc_task_fail(ctx, "malformed listing request");
+    if (rc < 0)
+        return mproc_task_fail(ctx, "out of memory in the worker");
+    return 0;
+}
+
+/*
+ * Filesystems whose every stat is a network round trip (statfs f_type).
+ * Not FUSE: through a local one (bindfs) the shared walk was slower here.
+ */
+static bool remote_fs(int fd)
+{
+    static const unsigned long magic[] = {
+        0x6969,     /* NFS */
+        0xFF534D42, /* CIFS */
+        0xFE534D42, /* SMB2 */
+        0x00C36400, /* CephFS */
+        0x0BD00BD0, /* Lustre */
+        0x47504653, /* GPFS (Spectrum Scale) */
+        0x19830326, /* BeeGFS */
+        0xAAD7AAEA, /* PanFS */
+        0x01021997, /* 9p */
+        0x6B414653, /* AFS */
+    };
+    struct statfs fs;
+    if (fstatfs(fd, &fs) < 0)
+        return false;
+    for (size_t i = 0; i < sizeof magic / sizeof magic[0]; i++)
+        if ((unsigned long)fs.f_type == magic[i])
+            return true;
+    return false;
+}
+
+/* Whether the launcher spread the ranks over several nodes (Open MPI, MPICH, Slurm). */
+static bool ranks_on_several_nodes(void)
+{
+    static const char *const local[] = {"OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"};
+    int world = mproc_pool_launched_ranks();
+    for (size_t i = 0; i < sizeof local / sizeof local[0]; i++) {
+        const char *v = getenv(local[i]);
+        if (v && atoi(v) > 0)
+            return atoi(v) < world;
+    }
+    const char *nodes = getenv("SLURM_JOB_NUM_NODES");
+    return nodes && atoi(nodes) > 1;
+}
+
+bool mpcp_workers_walk(const mproc_pool *pool, int src_fd)
+{
+    const char *walk = getenv("MPCP_WALK");
+    if (!pool || (walk && strcmp(walk, "planner") == 0))
+        return false;
+    if (walk && strcmp(walk, "workers") == 0)
+        return true;
+    /*
+     * On one node's own disk a stat costs a microsecond, and asking a
+     * worker costs more than it saves (measured: docs/CLUSTER.md).
+     */
+    return pool == cluster_pool && (ranks_on_several_nodes() || remote_fs(src_fd));
+}
+
 int mpcp_workers_start(mproc_pool **out, int jobs)
 {
     if (cluster_pool) {
@@ -210,13 +288,13 @@ static int with_roots(const struct mpcp_buf *task, struct mpcp_buf *out)
 
 int mpcp_workers_submit(mproc_pool *pool, const struct mpcp_buf *task, mproc_result **r)
 {
+    mproc_task_fn fn = mpcp_list_is_request(task->data, task->len) ? list_task : copy_task;
     if (pool != cluster_pool)
-        return mproc_pool_apply_async(pool, copy_task, task->data, task->len, NULL, NULL, NULL, r);
+        return mproc_pool_apply_async(pool, fn, task->data, task->len, NULL, NULL, NULL, r);
     struct mpcp_buf wrapped = {0};
     int rc = with_roots(task, &wrapped);
     if (rc == 0)
-        rc =
-            mproc_pool_apply_async(pool, copy_task, wrapped.data, wrapped.len, NULL, NULL, NULL, r);
+        rc = mproc_pool_apply_async(pool, fn, wrapped.data, wrapped.len, NULL, NULL, NULL, r);
     mpcp_buf_free(&wrapped);
     return rc;
 }
@@ -227,6 +305,7 @@ int mpcp_cluster_start(struct mpcp_opts *opt)
         return -1;
     /* The ranks find the copy task by name, and run it with this run's options. */
     mproc_task_register("mpcp.copy", copy_task);
+    mproc_task_register("mpcp.list", list_task);
     mpcp_exec_set_options(opt);
     mproc_pool_options po;
     memset(&po, 0, sizeof po);

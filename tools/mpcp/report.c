@@ -191,12 +191,13 @@ void mpcp_report_summary(const struct mpcp_opts *opt, const struct mpcp_stats *s
     if (opt->json) {
         printf("{\"files\":%llu,\"directories\":%llu,\"symlinks\":%llu,\"hardlinks\":%llu,"
                "\"specials\":%llu,\"skipped\":%llu,\"errors\":%llu,\"bytes\":%llu,"
-               "\"seconds\":%.6f,\"bytes_per_second\":%.0f,\"jobs\":%d}\n",
+               "\"seconds\":%.6f,\"bytes_per_second\":%.0f,\"jobs\":%d,"
+               "\"folders_listed_by_workers\":%llu}\n",
                (unsigned long long)st->files, (unsigned long long)st->dirs,
                (unsigned long long)st->symlinks, (unsigned long long)st->hardlinks,
                (unsigned long long)st->specials, (unsigned long long)st->skipped,
                (unsigned long long)st->errors, (unsigned long long)st->bytes, st->seconds, rate,
-               opt->jobs);
+               opt->jobs, (unsigned long long)st->listed);
     }
     if (opt->stats) {
         char b[32], r[32];

@@ -126,6 +126,26 @@ struct planner {
     uint64_t batch_seq; /* number of the batch being built */
     uint64_t batch_dep; /* its hard links need tasks up to this one reported; 0: none */
     struct folder *cur_folder, *batch_folder;
+    /* Listings of the folders the walk comes to next, made by the workers (MPCP_WALK). */
+    bool walk_workers;
+    struct listing *pre;
+    size_t n_pre, cap_pre;
+    size_t n_asked, max_asked; /* requests not answered yet */
+};
+
+/* A worker's answer to one listing request, shared by the folders it lists. */
+struct list_batch {
+    mproc_result *r;
+    const unsigned char *data;
+    size_t len;
+    unsigned refs; /* listings that point into it */
+};
+
+struct listing {
+    char *rel; /* the folder, from the root */
+    struct list_batch *batch;
+    size_t start; /* its section in the batch */
+    bool pending; /* this folder's own request, not answered yet */
 };
 
 /* The planner of this process, for the data-progress callback. */
@@ -1169,6 +1189,16 @@ static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_s
         say(p, errno, "setting permissions for %s", disp, NULL);
 }
 
+static void stat_failed(struct planner *p, const char *name, int err)
+{
+    size_t old = str_push(&p->src_disp, name);
+    say(p, err, "cannot stat %s", p->src_disp.s, NULL);
+    str_pop(&p->src_disp, old);
+}
+
+static void walk_stated(struct planner *p, const char *name, const struct stat *st,
+                        struct str *subdirs, uint8_t flags);
+
 /* Copies one directory entry found during the walk. */
 static void walk_entry(struct planner *p, int sfd, const char *name, struct str *subdirs,
                        uint8_t flags)
@@ -1176,13 +1206,19 @@ static void walk_entry(struct planner *p, int sfd, const char *name, struct str 
     int follow = p->opt->deref == MPCP_DEREF_ALWAYS ? 0 : AT_SYMLINK_NOFOLLOW;
     struct stat st;
     if (fstatat(sfd, name, &st, follow) < 0) {
-        size_t old = str_push(&p->src_disp, name);
-        say(p, errno, "cannot stat %s", p->src_disp.s, NULL);
-        str_pop(&p->src_disp, old);
+        stat_failed(p, name, errno);
         return;
     }
+    walk_stated(p, name, &st, subdirs, flags);
+}
+
+/* Copies one directory entry whose stat is known (here or from a worker's listing). */
+static void walk_stated(struct planner *p, const char *name, const struct stat *st,
+                        struct str *subdirs, uint8_t flags)
+{
+    int follow = p->opt->deref == MPCP_DEREF_ALWAYS ? 0 : AT_SYMLINK_NOFOLLOW;
     mpcp_progress_add(p->prog, 0, 0);
-    if (S_ISDIR(st.st_mode)) {
+    if (S_ISDIR(st->st_mode)) {
         size_t n = strlen(name) + 1;
         if (subdirs->len + n + 1 > subdirs->cap) {
             size_t cap = subdirs->cap ? subdirs->cap * 2 : 1024;
@@ -1201,11 +1237,11 @@ static void walk_entry(struct planner *p, int sfd, const char *name, struct str 
         return;
     }
     uint8_t eflags = flags | (follow ? 0 : MPCP_E_FOLLOW);
-    if (copy_in_chunks(p, name, &st, eflags))
+    if (copy_in_chunks(p, name, st, eflags))
         return;
     if (mpcp_task_count(&p->task) >= BATCH_ENTRIES || p->batch_bytes >= BATCH_BYTES)
         flush(p);
-    add_entry(p, name, name, &st, eflags);
+    add_entry(p, name, name, st, eflags);
 }
 
 /* Reads the folder: files go into batches, subfolder names into *subdirs. */
@@ -1234,6 +1270,196 @@ static int read_dir(struct planner *p, struct dir_state *ds, struct str *subdirs
     return err ? -err : 0;
 }
 
+/* ---- listings made by the workers (the distributed walk) ---- */
+
+static void batch_unref(struct list_batch *b)
+{
+    if (--b->refs > 0)
+        return;
+    mproc_result_destroy(&b->r);
+    free(b);
+}
+
+static void drop_listing(struct planner *p, size_t i)
+{
+    struct listing *l = &p->pre[i];
+    if (l->pending) {
+        mproc_result_cancel(l->batch->r);
+        p->n_asked--;
+    }
+    batch_unref(l->batch);
+    free(l->rel);
+    p->pre[i] = p->pre[--p->n_pre];
+}
+
+static bool find_listing(const struct planner *p, const char *rel, size_t *i)
+{
+    for (*i = 0; *i < p->n_pre; (*i)++)
+        if (strcmp(p->pre[*i].rel, rel) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * A folder whose listing is not wanted after all: one the walk does not
+ * enter (and then not those below it either), or -x's mount point.
+ */
+static void forget_listing(struct planner *p, const char *rel, bool below)
+{
+    size_t n = strlen(rel);
+    for (size_t i = p->n_pre; i-- > 0;) {
+        const char *r = p->pre[i].rel;
+        if (strncmp(r, rel, n) == 0 && (r[n] == '\0' || (below && r[n] == '/')))
+            drop_listing(p, i);
+    }
+}
+
+/* Records a listing (rel is taken). */
+static bool add_listing(struct planner *p, char *rel, struct list_batch *b, size_t start,
+                        bool pending)
+{
+    if (p->n_pre == p->cap_pre) {
+        size_t cap = p->cap_pre ? p->cap_pre * 2 : 64;
+        struct listing *a = realloc(p->pre, cap * sizeof *a);
+        if (!a) {
+            free(rel);
+            return false;
+        }
+        p->pre = a;
+        p->cap_pre = cap;
+    }
+    p->pre[p->n_pre++] = (struct listing){rel, b, start, pending};
+    b->refs++;
+    return true;
+}
+
+/* Asks a worker to list folder rel (taken) of the current root, and some below it. */
+static bool ask_listing(struct planner *p, char *rel)
+{
+    const struct mpcp_opts *o = p->opt;
+    unsigned flags = (o->deref != MPCP_DEREF_NEVER ? MPCP_LIST_FOLLOW_DIR : 0) |
+                     (o->deref == MPCP_DEREF_ALWAYS ? MPCP_LIST_FOLLOW : 0) |
+                     (o->one_fs ? MPCP_LIST_ONE_FS : 0);
+    struct mpcp_buf req = {0};
+    struct list_batch *b = calloc(1, sizeof *b);
+    int rc = b ? mpcp_list_request(&req, p->root, rel, flags) : -ENOMEM;
+    if (rc == 0)
+        rc = mpcp_workers_submit(p->pool, &req, &b->r);
+    mpcp_buf_free(&req);
+    if (rc < 0) {
+        free(b);
+        free(rel); /* the planner reads that folder itself */
+        return false;
+    }
+    if (!add_listing(p, rel, b, 0, true)) {
+        mproc_result_destroy(&b->r);
+        free(b);
+        return false;
+    }
+    p->n_asked++;
+    return true;
+}
+
+/* dir's first len bytes joined with name, as str_push() joins them. */
+static char *join_prefix(const char *dir, size_t len, const char *name)
+{
+    size_t size = len + strlen(name) + 2;
+    char *s = malloc(size);
+    if (!s)
+        return NULL;
+    bool slash = len && dir[len - 1] != '/';
+    snprintf(s, size, "%.*s%s%s", (int)len, dir, slash ? "/" : "", name);
+    return s;
+}
+
+/*
+ * Takes the answer to listing i's request: i gets the first section, and
+ * every other section becomes the listing of a folder below it. False if
+ * the request failed (its worker died twice): the planner reads it itself.
+ */
+static bool unpack(struct planner *p, size_t i)
+{
+    struct list_batch *b = p->pre[i].batch;
+    const void *data = NULL;
+    int rc;
+    do
+        rc = mproc_result_get(b->r, &data, &b->len, 200);
+    while ((rc == -EAGAIN || rc == -EINTR) && !mpcp_interrupted);
+    p->pre[i].pending = false;
+    p->n_asked--;
+    b->data = data;
+    uint32_t sections;
+    size_t pos;
+    if (rc != 0 || mpcp_list_decode_result(b->data, b->len, &sections, &pos) || sections == 0)
+        return false;
+    p->pre[i].start = pos;
+    struct mpcp_list_info info;
+    for (uint32_t k = 0; k < sections; k++) {
+        size_t start = pos;
+        if (mpcp_list_decode_section(b->data, b->len, &pos, &info))
+            return k > 0;
+        if (k == 0)
+            continue;
+        size_t at = strlen(p->pre[i].rel);
+        char *rel = join_prefix(p->pre[i].rel, at, info.rel);
+        if (!rel || !add_listing(p, rel, b, start, false))
+            return true; /* those folders are read here */
+    }
+    return true;
+}
+
+/*
+ * Walks a folder from a worker's listing. False when the planner must read
+ * the folder itself: the listing failed (the planner then meets the error
+ * and says it), the folder is wide, or the worker found another folder.
+ */
+static bool walk_listing(struct planner *p, const struct list_batch *b, size_t start,
+                         struct dir_state *ds, const struct stat *sst, struct str *subdirs)
+{
+    struct mpcp_list_info info;
+    size_t pos = start;
+    if (mpcp_list_decode_section(b->data, b->len, &pos, &info) || info.status != 0 ||
+        info.dir_ino != sst->st_ino)
+        return false;
+    begin_batch(p, 0, ds->sfd, ds->dfd);
+    uint8_t flags = ds->new_dst ? MPCP_E_DEST_NEW : 0;
+    pos = info.entries;
+    for (uint32_t k = 0; k < info.count && !p->stop && !mpcp_interrupted; k++) {
+        struct mpcp_listed e;
+        if (mpcp_list_decode_entry(b->data, info.end, &pos, &e)) {
+            say(p, EBADMSG, "cannot read the listing of %s", p->src_disp.s, NULL);
+            break;
+        }
+        if (e.err) {
+            stat_failed(p, e.name, e.err);
+            continue;
+        }
+        /* Another node may number the same filesystem otherwise: hard links go by ours. */
+        if (e.st.st_dev == info.dir_dev)
+            e.st.st_dev = sst->st_dev;
+        walk_stated(p, e.name, &e.st, subdirs, flags);
+    }
+    flush(p);
+    p->st.listed++;
+    return true;
+}
+
+/* Reads the current folder from its listing if there is one; false: read it here. */
+static bool read_listing(struct planner *p, struct dir_state *ds, const struct stat *sst,
+                         struct str *subdirs)
+{
+    size_t i;
+    if (!find_listing(p, p->src_rel.s, &i))
+        return false;
+    bool done = true;
+    if (p->pre[i].pending)
+        done = unpack(p, i);
+    done = mpcp_interrupted ||
+           (done && walk_listing(p, p->pre[i].batch, p->pre[i].start, ds, sst, subdirs));
+    drop_listing(p, i);
+    return done;
+}
+
 /* One folder on the walk's stack: open on both sides, its subfolders still to visit. */
 struct frame {
     struct dir_state ds;
@@ -1241,8 +1467,36 @@ struct frame {
     struct stat sst;
     struct str subdirs; /* NUL-separated names */
     size_t next;        /* offset of the next name in subdirs */
+    size_t asked;       /* offset of the first name whose listing is not asked yet */
     size_t saved[4];    /* path lengths to restore when the folder is done */
 };
+
+/*
+ * Asks for the listings the walk will want next, in the order it will want
+ * them: the top folder's next subfolders, then those of the folders below.
+ * Idle workers take them while the planner works on the folders before.
+ */
+static void ask_ahead(struct planner *p, struct frame *stack, size_t n)
+{
+    for (size_t i = n; i-- > 0 && p->n_asked < p->max_asked;) {
+        struct frame *f = &stack[i];
+        size_t dir_len = i + 1 < n ? stack[i + 1].saved[0] : p->src_rel.len;
+        if (f->asked < f->next)
+            f->asked = f->next;
+        while (f->asked < f->subdirs.len && p->n_asked < p->max_asked) {
+            const char *name = f->subdirs.s + f->asked;
+            f->asked += strlen(name) + 1;
+            char *rel = join_prefix(p->src_rel.s, dir_len, name);
+            size_t known;
+            if (rel && find_listing(p, rel, &known)) {
+                free(rel); /* listed with a folder above it */
+                continue;
+            }
+            if (!rel || !ask_listing(p, rel))
+                return;
+        }
+    }
+}
 
 /* Reads the folder's entries: its files are copied now, its subfolders listed. */
 static void read_contents(struct planner *p, struct frame *f, bool top)
@@ -1254,6 +1508,8 @@ static void read_contents(struct planner *p, struct frame *f, bool top)
         f->ds.sfd = -1;
         return;
     }
+    if (p->n_pre && read_listing(p, &f->ds, &f->sst, &f->subdirs))
+        return;
     int rc = read_dir(p, &f->ds, &f->subdirs);
     if (rc < 0)
         say(p, -rc, "cannot access %s", p->src_disp.s, NULL);
@@ -1378,10 +1634,12 @@ static void descend(struct planner *p, struct frame **stack, size_t *n, size_t *
     struct stat st;
     if (fstatat(f->ds.sfd, name, &st, follow) < 0) {
         say(p, errno, "cannot stat %s", p->src_disp.s, NULL);
+        forget_listing(p, p->src_rel.s, true);
         restore_paths(p, saved);
         return;
     }
     if (!S_ISDIR(st.st_mode) || !push_frame(stack, *n, cap)) {
+        forget_listing(p, p->src_rel.s, true);
         restore_paths(p, saved);
         return;
     }
@@ -1390,7 +1648,10 @@ static void descend(struct planner *p, struct frame **stack, size_t *n, size_t *
     memset(child, 0, sizeof *child);
     child->sst = st;
     memcpy(child->saved, saved, sizeof saved);
-    if (enter_dir(p, f->ds.sfd, name, f->ds.dfd, name, false, child))
+    bool entered = enter_dir(p, f->ds.sfd, name, f->ds.dfd, name, false, child);
+    if (p->n_pre) /* not read: -x's mount point, or a folder that could not be made */
+        forget_listing(p, p->src_rel.s, !entered);
+    if (entered)
         (*n)++;
     else
         restore_paths(p, saved);
@@ -1399,6 +1660,7 @@ static void descend(struct planner *p, struct frame **stack, size_t *n, size_t *
 static void copy_tree(struct planner *p, int sparent, const char *sname, int dparent,
                       const char *dname, const struct stat *sst)
 {
+    p->walk_workers = mpcp_workers_walk(p->pool, sparent);
     size_t n = 0, cap = 0;
     struct frame *stack = NULL;
     if (!push_frame(&stack, n, &cap)) {
@@ -1421,8 +1683,12 @@ static void copy_tree(struct planner *p, int sparent, const char *sname, int dpa
             n--;
             continue;
         }
+        if (p->walk_workers)
+            ask_ahead(p, stack, n);
         descend(p, &stack, &n, &cap);
     }
+    while (p->n_pre > 0) /* asked for folders the walk did not reach (a stop) */
+        drop_listing(p, p->n_pre - 1);
     free(stack);
 }
 
@@ -1859,8 +2125,13 @@ static void start_workers(struct planner *p, const struct plan *pl)
     p->max_fly = (size_t)p->opt->jobs * 4;
     p->fly = calloc(p->max_fly, sizeof *p->fly);
     p->fly_r = calloc(p->max_fly, sizeof(mproc_result *));
-    if (!p->fly || !p->fly_r || mpcp_workers_start(&p->pool, p->opt->jobs) < 0)
+    if (!p->fly || !p->fly_r || mpcp_workers_start(&p->pool, p->opt->jobs) < 0) {
         p->pool = NULL; /* copy here, as with -j 1 */
+        return;
+    }
+    /* A request for every worker, and some to spare: each answer is bounded (listing.c). */
+    size_t ahead = (size_t)p->opt->jobs * 2;
+    p->max_asked = ahead < 4 ? 4 : ahead > 64 ? 64 : ahead;
 }
 
 /*
@@ -1870,6 +2141,7 @@ static void start_workers(struct planner *p, const struct plan *pl)
  */
 static void stop_workers(struct planner *p)
 {
+    free(p->pre);
     if (!p->pool) {
         free(p->fly);
         free(p->fly_r);
