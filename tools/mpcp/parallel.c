@@ -121,7 +121,14 @@ static int take_roots(mproc_task_ctx *ctx, const unsigned char **arg, size_t *le
     return 0;
 }
 
-static int copy_task(mproc_task_ctx *ctx, const void *arg_in, size_t len)
+static int exec_bytes(const unsigned char *task, size_t len, struct mpcp_buf *out)
+{
+    return mpcp_exec_run(task, len, -1, -1, out);
+}
+
+/* Runs a task's bytes with run, which fills the result bytes; SIGTERM meanwhile ends the worker. */
+static int run_task(mproc_task_ctx *ctx, const void *arg_in, size_t len,
+                    int (*run)(const unsigned char *, size_t, struct mpcp_buf *))
 {
     const unsigned char *arg = arg_in;
     int taken = take_roots(ctx, &arg, &len);
@@ -129,7 +136,7 @@ static int copy_task(mproc_task_ctx *ctx, const void *arg_in, size_t len)
         return taken;
     struct mpcp_buf out = {0};
     in_task = 1;
-    int rc = mpcp_exec_run(arg, len, -1, -1, &out);
+    int rc = run(arg, len, &out);
     in_task = 0;
     if (mpcp_interrupted) {
         mpcp_buf_free(&out);
@@ -145,26 +152,14 @@ static int copy_task(mproc_task_ctx *ctx, const void *arg_in, size_t len)
     return 0;
 }
 
-static int list_task(mproc_task_ctx *ctx, const void *arg_in, size_t len)
+static int copy_task(mproc_task_ctx *ctx, const void *arg, size_t len)
 {
-    const unsigned char *arg = arg_in;
-    int taken = take_roots(ctx, &arg, &len);
-    if (taken != 0)
-        return taken;
-    struct mpcp_buf out = {0};
-    in_task = 1;
-    int rc = mpcp_list_run(arg, len, &out);
-    in_task = 0;
-    if (rc == 0)
-        rc = mproc_task_return(ctx, out.data, out.len);
-    mpcp_buf_free(&out);
-    if (mpcp_interrupted)
-        die_by(mpcp_interrupted);
-    if (rc == -EBADMSG)
-        return mproc_task_fail(ctx, "malformed listing request");
-    if (rc < 0)
-        return mproc_task_fail(ctx, "out of memory in the worker");
-    return 0;
+    return run_task(ctx, arg, len, exec_bytes);
+}
+
+static int list_task(mproc_task_ctx *ctx, const void *arg, size_t len)
+{
+    return run_task(ctx, arg, len, mpcp_list_run);
 }
 
 /*
