@@ -470,6 +470,81 @@ static void setup_links_across(int dir)
     close(s2);
 }
 
+/*
+ * Files of several owners copied into a set-group-ID folder of another
+ * group: a new file takes that group, so mpcp may skip fchown only where
+ * it already is the one wanted. As root: -a keeps every owner; -r gives
+ * the folder's group to all. The source folders are set-group-ID too:
+ * mpcp -a clears the bit that a new folder inherits, where cp keeps it
+ * (a difference of the folders' metadata, not of the files').
+ */
+static void setup_setgid_dest(int dir)
+{
+    int s = sub_dir(dir, "s", 02755);
+    put_file(s, "root", "root\n", 0644);
+    put_file(s, "group", "group of o\n", 0640);
+    put_file(s, "other", "another owner\n", 0644);
+    put_file(s, "both", "both\n", 0444);
+    put_file(s, "sgid", "set-gid\n", 02755);
+    int sub = sub_dir(s, "sub", 02750);
+    put_file(sub, "deep", "deep\n", 0640);
+    put_file(sub, "deep-root", "deep, root's\n", 0755);
+    if (geteuid() == 0) {
+        must(fchownat(s, "group", 0, 4321, 0), "chown", "group");
+        must(fchownat(s, "other", 1234, 1234, 0), "chown", "other");
+        must(fchownat(s, "both", 1234, 4321, 0), "chown", "both");
+        must(fchownat(s, "sgid", 0, 4321, 0), "chown", "sgid");
+        must(fchmodat(s, "sgid", 02755, 0), "chmod", "sgid");
+        must(fchownat(sub, "deep", 0, 4321, 0), "chown", "deep");
+        must(fchown(sub, 0, 4321), "chown", "sub");
+        must(fchmod(sub, 02750), "chmod", "sub");
+        must(fchown(s, 0, 4321), "chown", "s");
+        must(fchmod(s, 02755), "chmod", "s");
+    }
+    close(sub);
+    stamp_tree(s, 1400000000);
+    close(s);
+    int o = sub_dir(dir, "o", 0775);
+    if (geteuid() == 0)
+        must(fchown(o, 0, 4321), "chown", "o");
+    must(fchmod(o, 02775), "chmod", "o");
+    close(o);
+}
+
+/*
+ * A default ACL on the target folder (user::rwx group::r-x other::---):
+ * it replaces the umask for what is created below, so a file created with
+ * its final mode ends up otherwise than one chmod'ed to it, as cp -a and
+ * cp -p do. Skipped where the filesystem has no ACLs.
+ */
+static void setup_default_acl(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    put_file(s, "a", "a\n", 0644);
+    put_file(s, "x", "x\n", 0755);
+    put_file(s, "own", "own\n", 0600);
+    int sub = sub_dir(s, "sub", 0755);
+    put_file(sub, "b", "b\n", 0664);
+    close(sub);
+    stamp_tree(s, 1400000000);
+    close(s);
+    int o = sub_dir(dir, "o", 0755);
+    struct {
+        uint32_t version;
+        struct {
+            uint16_t tag, perm;
+            uint32_t id;
+        } e[3];
+    } acl = {2, {{0x01, 7, UINT32_MAX}, {0x04, 5, UINT32_MAX}, {0x20, 0, UINT32_MAX}}};
+    if (fsetxattr(o, "system.posix_acl_default", &acl, sizeof acl, 0) < 0) {
+        int err = errno;
+        close(o);
+        remove_work(); /* Criterion does not run .fini after a skip */
+        cr_skip_test("no default ACL here: %s", strerror(err));
+    }
+    close(o);
+}
+
 /* ---- cases ---- */
 
 #define CASE(name, ...)                                                                            \
@@ -559,12 +634,26 @@ CASE(usage_one_operand, .setup = setup_files, .args = {"f"})
 CASE(usage_extra_operand, .setup = setup_files, .args = {"-T", "f", "h", "o"})
 CASE(usage_bad_target, .setup = setup_files, .args = {"f", "h", "nodir"})
 
+CASE(archive_into_setgid_folder, .setup = setup_setgid_dest, .args = {"-a", "s", "o"},
+     .flags = CMP_MTIME)
+CASE(recursive_into_setgid_folder, .setup = setup_setgid_dest, .args = {"-r", "s", "o"})
+CASE(preserve_ownership_into_setgid_folder, .setup = setup_setgid_dest,
+     .args = {"-r", "--preserve=ownership", "s", "o"})
+CASE(archive_into_default_acl, .setup = setup_default_acl, .args = {"-a", "s", "o"},
+     .flags = CMP_MTIME)
+CASE(preserve_mode_into_default_acl, .setup = setup_default_acl,
+     .args = {"-r", "--preserve=mode", "s", "o"})
+
 /* The executor resolving folders from the roots, as a pool worker does. */
 CASE(archive_all_types_worker_path, .setup = setup_types, .args = {"-a", "s", "o"},
      .flags = CMP_MTIME, .resolve = true)
 CASE(archive_names_worker_path, .setup = setup_names, .args = {"-av", "s", "o"}, .flags = CMP_MTIME,
      .resolve = true)
 CASE(overwrite_worker_path, .setup = setup_existing, .args = {"-rvT", "s", "o"}, .resolve = true)
+CASE(archive_into_setgid_folder_worker_path, .setup = setup_setgid_dest, .args = {"-a", "s", "o"},
+     .flags = CMP_MTIME, .resolve = true)
+CASE(archive_into_default_acl_worker_path, .setup = setup_default_acl, .args = {"-a", "s", "o"},
+     .flags = CMP_MTIME, .resolve = true)
 
 /* A subset again with four workers (the default here is one per CPU: two). */
 CASE(archive_basic_j4, .setup = setup_basic, .args = {"-a", "s", "o"}, .flags = CMP_MTIME,
@@ -589,6 +678,10 @@ CASE(missing_source_j4, .setup = setup_basic, .args = {"-r", "nope", "s", "o"}, 
 /* And in one process, the lean path of -j 1. */
 CASE(archive_all_types_j1, .setup = setup_types, .args = {"-a", "s", "o"}, .flags = CMP_MTIME,
      .jobs = "1")
+CASE(archive_into_setgid_folder_j1, .setup = setup_setgid_dest, .args = {"-a", "s", "o"},
+     .flags = CMP_MTIME, .jobs = "1")
+CASE(archive_into_default_acl_j1, .setup = setup_default_acl, .args = {"-a", "s", "o"},
+     .flags = CMP_MTIME, .jobs = "1")
 CASE(links_across_operands_j1, .setup = setup_links_across,
      .args = {"-a", "s1", "s2", "loose", "o"}, .flags = CMP_MTIME, .jobs = "1")
 CASE(archive_unreadable_as_nobody_j1, .setup = setup_unreadable, .args = {"-a", "s", "o"},

@@ -9,6 +9,9 @@
  * Every file is written under a temporary name in its destination folder,
  * owner-only, gets its metadata on the descriptor, and is renamed onto its
  * final name only when complete: a killed run leaves no torn file behind.
+ * In a folder the run made, the temporary is an O_TMPFILE linked in when
+ * complete (as root), and may have its final mode from the start when
+ * nobody else can reach the folder yet (create_mode).
  */
 #define _GNU_SOURCE
 #include "mpcp.h"
@@ -22,7 +25,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/openat2.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/xattr.h>
 #include <unistd.h>
 
 #ifndef RENAME_NOREPLACE
@@ -208,8 +215,47 @@ int mpcp_exec_open_src(uint32_t id, const char *path, bool follow, int *fd)
     return open_below(roots[id].src, path, follow, fd);
 }
 
+/*
+ * The whole path in one openat2(): RESOLVE_NO_SYMLINKS refuses a symlink in
+ * any component, as open_below's walk with O_NOFOLLOW does, in one system
+ * call instead of two per component. Any failure (an older kernel, a path
+ * longer than PATH_MAX, a symlink) leaves the answer and its error to
+ * open_below.
+ */
+static bool open_below_at_once(int root_fd, const char *path, int *out)
+{
+    if (!*path)
+        return false;
+    struct open_how how = {.flags = O_PATH | O_DIRECTORY | O_CLOEXEC,
+                           .resolve = RESOLVE_NO_SYMLINKS};
+    long fd = syscall(SYS_openat2, root_fd, path, &how, sizeof how);
+    if (fd < 0)
+        return false;
+    *out = (int)fd;
+    return true;
+}
+
+/*
+ * What a task learns about its destination folder, when first needed and
+ * at most once per task (never a syscall per file): its owner and mode, which
+ * give a new file's group, and whether it has a default ACL.
+ */
+struct task_dir {
+    bool stated;
+    bool o_path; /* the fd is O_PATH: no fgetxattr on it */
+    struct stat st;
+    signed char default_acl; /* -1: not asked yet */
+};
+
+static void task_dir_stated(struct task_dir *td, const struct stat *st)
+{
+    td->st = *st;
+    td->stated = true;
+}
+
+/* A folder's fd from the cache, or opened now: then td (if given) keeps its stat. */
 static int cached_dir(struct dir_cache *c, uint32_t root, int root_fd, const char *path,
-                      bool follow, int *fd, dev_t *dev)
+                      bool follow, int *fd, dev_t *dev, struct task_dir *td)
 {
     if (c->fd >= 0 && c->root == root && strcmp(c->path, path) == 0) {
         *fd = c->fd;
@@ -218,7 +264,9 @@ static int cached_dir(struct dir_cache *c, uint32_t root, int root_fd, const cha
     }
     cache_drop(c);
     int nfd = -1;
-    int rc = open_below(root_fd, path, follow, &nfd);
+    int rc = 0;
+    if (follow || !open_below_at_once(root_fd, path, &nfd))
+        rc = open_below(root_fd, path, follow, &nfd);
     if (rc || nfd < 0)
         return rc ? rc : -EBADF;
     struct stat st;
@@ -237,6 +285,8 @@ static int cached_dir(struct dir_cache *c, uint32_t root, int root_fd, const cha
     c->dev = st.st_dev;
     *fd = nfd;
     *dev = st.st_dev;
+    if (td)
+        task_dir_stated(td, &st);
     return 0;
 }
 
@@ -248,6 +298,11 @@ struct ectx {
     const struct mpcp_entry *e;
     int sfd, dfd;
     dev_t ddev;
+    struct task_dir *dir;
+    bool made_here;     /* this process created the destination file just now */
+    bool anon;          /* ...as an O_TMPFILE, linked in by commit_anon() */
+    mode_t made_mode;   /* ...with this final mode; 0: owner-only, metadata to come */
+    signed char xattrs; /* the source's: -1 unknown, 0 none (already listed) */
     struct mpcp_result_entry *r;
     char src_q[PATH_MAX * 2], dst_q[PATH_MAX * 2];
     char msg[PATH_MAX * 5];
@@ -437,6 +492,128 @@ static bool is_root(void)
     return root;
 }
 
+/* Credentials of this process (a fork keeps them), for the owner a new file gets. */
+static uid_t my_uid(void)
+{
+    static uid_t uid = (uid_t)-1;
+    if (uid == (uid_t)-1)
+        uid = geteuid();
+    return uid;
+}
+
+static gid_t my_gid(void)
+{
+    static gid_t gid = (gid_t)-1;
+    if (gid == (gid_t)-1)
+        gid = getegid();
+    return gid;
+}
+
+/*
+ * The umask this process creates files under. Read from the process, not
+ * from the options: under MPI a worker is another program's child. The
+ * umask() pair is safe: nothing else in a worker creates files meanwhile.
+ */
+static mode_t my_umask(void)
+{
+    static int mask = -1;
+    if (mask < 0) {
+        mode_t old = umask(0);
+        umask(old);
+        mask = (int)old;
+    }
+    return (mode_t)mask;
+}
+
+static const struct stat *dir_stat(struct ectx *x)
+{
+    struct task_dir *td = x->dir;
+    if (!td->stated && fstat(x->dfd, &td->st) < 0)
+        return NULL;
+    td->stated = true;
+    return &td->st;
+}
+
+/*
+ * Whether a file this process created in the destination folder already
+ * has the owner e wants, so that fchown can be skipped: it gets our euid,
+ * and our egid unless the folder is set-group-ID (or the filesystem is
+ * mounted grpid): then the folder's group. Where the two rules could
+ * disagree (a folder of another group, not set-group-ID) we do not guess.
+ */
+static bool owner_given(struct ectx *x)
+{
+    const struct mpcp_entry *e = x->e;
+    if (!x->made_here || e->uid != my_uid())
+        return false;
+    const struct stat *d = dir_stat(x);
+    if (!d)
+        return false;
+    if (d->st_mode & S_ISGID)
+        return e->gid == d->st_gid;
+    return e->gid == my_gid() && d->st_gid == my_gid();
+}
+
+/*
+ * A default ACL in the folder replaces the umask at creation and ANDs the
+ * mode into its entries, which fchmod does not: a file created with its final
+ * mode there would not end up as cp -p leaves it.
+ */
+static bool folder_default_acl(struct ectx *x)
+{
+    struct task_dir *td = x->dir;
+    if (td->default_acl >= 0)
+        return td->default_acl;
+    ssize_t n = -1;
+    errno = EBADF;
+    if (!td->o_path)
+        n = fgetxattr(x->dfd, "system.posix_acl_default", NULL, 0);
+    if (n < 0 && errno == EBADF) {
+        /* fgetxattr refuses O_PATH fds (the workers' cache): the folder's /proc link does not. */
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", x->dfd);
+        n = getxattr(path, "system.posix_acl_default", NULL, 0);
+    }
+    bool none = n == 0 || (n < 0 && (errno == ENODATA || errno == ENOTSUP));
+    td->default_acl = !none;
+    return td->default_acl;
+}
+
+/* Lists the source's xattrs once; x->xattrs = 0 when it has none, so none are copied later. */
+static bool source_without_xattrs(struct ectx *x, int sfd)
+{
+    if (flistxattr(sfd, NULL, 0) != 0)
+        return false; /* some, or an error: mpcp_copy_xattrs looks again and decides */
+    x->xattrs = 0;
+    return true;
+}
+
+/*
+ * The mode to create a new file with: owner-only while its data and
+ * metadata are incomplete, as a rule. But with -a or -p a folder this run
+ * made stays owner-only until its children are in (make_dest_dir), so no one
+ * else can reach a file in it meanwhile: such a file may be created with its
+ * final mode, which spares the fchmod, where nothing after the data changes
+ * the mode: it gets our owner and group, has no set-id or sticky bit, no bit
+ * our umask would clear, no xattrs, and no default ACL is in the folder.
+ */
+static mode_t create_mode(struct ectx *x, int sfd)
+{
+    const struct mpcp_opts *opt = x->opt;
+    if (!(x->e->flags & MPCP_E_DEST_NEW) || !opt->p_owner)
+        return 0600;
+    mode_t mode = mpcp_new_file_mode(opt, x->e->mode, false);
+    if (mode == 0600 || (mode & ~0777) || (mode & my_umask()))
+        return 0600;
+    if (!owner_given(x))
+        return 0600;
+    if (opt->p_xattr && !source_without_xattrs(x, sfd))
+        return 0600;
+    if (folder_default_acl(x))
+        return 0600;
+    return mode;
+}
+
 /* Times, owner, xattrs, mode on the new file's descriptor, in cp's order. */
 static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const struct stat *d,
                          bool created)
@@ -451,7 +628,7 @@ static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const str
         }
     }
     bool owner_failed = false;
-    if (opt->p_owner && fchown(fd, e->uid, e->gid) < 0) {
+    if (opt->p_owner && !owner_given(x) && fchown(fd, e->uid, e->gid) < 0) {
         if (is_root() || (errno != EPERM && errno != EINVAL)) {
             fail(x, errno, "failed to preserve ownership for %s", dst_q(x), NULL);
             return -1;
@@ -469,7 +646,7 @@ static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const str
             return -1;
         }
     }
-    if (opt->p_xattr && sfd >= 0) {
+    if (opt->p_xattr && sfd >= 0 && x->xattrs != 0) {
         int rc = mpcp_copy_xattrs(sfd, fd, opt->p_xattr_quiet);
         if (rc < 0) {
             fail(x, -rc, "setting attributes for %s", dst_q(x), NULL);
@@ -485,11 +662,78 @@ static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const str
         mode = mpcp_new_file_mode(opt, e->mode, owner_failed);
     if (created && mode == (0600 & ~opt->umask) && !(mode & ~0777))
         return 0;
+    if (x->made_mode && mode == x->made_mode)
+        return 0; /* created with it (create_mode) */
     if (fchmod(fd, mode) < 0) {
         fail(x, errno, "setting permissions for %s", dst_q(x), NULL);
         return -1;
     }
     return 0;
+}
+
+/*
+ * Source descriptors of a task are closed in groups: one close_range() per
+ * run of consecutive fd numbers saves a system call per file (a new fd takes
+ * the lowest free number, so the sources of successive files mostly line
+ * up). Each run holds only fds of ours: a number belongs to one open file at
+ * a time, so close_range() closes nobody else's.
+ */
+#define HELD_MAX 32
+static int held[HELD_MAX];
+static unsigned n_held;
+
+static void close_run(int lo, int hi)
+{
+    if (lo == hi || close_range((unsigned)lo, (unsigned)hi, 0) < 0)
+        for (int fd = lo; fd <= hi; fd++)
+            close(fd);
+}
+
+static void close_held(void)
+{
+    for (unsigned i = 1; i < n_held; i++) /* a few dozen, nearly sorted */
+        for (unsigned j = i; j > 0 && held[j - 1] > held[j]; j--) {
+            int t = held[j];
+            held[j] = held[j - 1];
+            held[j - 1] = t;
+        }
+    unsigned start = 0;
+    for (unsigned i = 1; i <= n_held; i++) {
+        if (i < n_held && held[i] == held[i - 1] + 1)
+            continue;
+        close_run(held[start], held[i - 1]);
+        start = i;
+    }
+    n_held = 0;
+}
+
+/* At most HELD_MAX, and an eighth of the fd limit: a low limit (ulimit -n) stays usable. */
+static unsigned held_max(void)
+{
+    static unsigned max;
+    if (max == 0) {
+        struct rlimit rl;
+        max = HELD_MAX;
+        if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < (rlim_t)8 * HELD_MAX)
+            max = rl.rlim_cur >= 8 ? (unsigned)rl.rlim_cur / 8 : 1;
+    }
+    return max;
+}
+
+static void close_source(int fd)
+{
+    if (n_held >= held_max())
+        close_held();
+    held[n_held++] = fd;
+}
+
+/* After an open failed: true when closing the held fds may let it succeed (EMFILE). */
+static bool released_for_emfile(void)
+{
+    if (errno != EMFILE || n_held == 0)
+        return false;
+    close_held();
+    return true;
 }
 
 static int open_source(struct ectx *x)
@@ -498,26 +742,83 @@ static int open_source(struct ectx *x)
     if (!(x->e->flags & MPCP_E_FOLLOW))
         flags |= O_NOFOLLOW;
     int fd = openat(x->sfd, x->e->name, flags);
+    if (fd < 0 && released_for_emfile())
+        fd = openat(x->sfd, x->e->name, flags);
     if (fd < 0)
         fail(x, errno, "cannot open %s for reading", src_q(x), NULL);
     return fd;
 }
 
-/* Opens the file to write: a new temporary, or the file itself (in place). */
-static int open_dest(struct ectx *x, bool exists, bool through, char *tmp, size_t tmp_size)
+/*
+ * Filesystems where O_TMPFILE or linking one in failed in this process:
+ * the named temporary it is there, without trying again for every file
+ * (and everywhere once the table is full).
+ */
+static dev_t no_anon_devs[8];
+static unsigned n_no_anon;
+
+static bool anon_known_bad(dev_t dev)
+{
+    for (unsigned i = 0; i < n_no_anon; i++)
+        if (no_anon_devs[i] == dev)
+            return true;
+    return n_no_anon == sizeof no_anon_devs / sizeof no_anon_devs[0];
+}
+
+static void remember_no_anon(dev_t dev)
+{
+    if (n_no_anon < sizeof no_anon_devs / sizeof no_anon_devs[0])
+        no_anon_devs[n_no_anon++] = dev;
+}
+
+/*
+ * In a folder this run made, a new file's temporary is an O_TMPFILE that
+ * linkat() puts in place when complete: cheaper than a named temporary and
+ * its rename, and nothing is left behind by a kill. linkat() of an fd
+ * (AT_EMPTY_PATH) takes CAP_DAC_READ_SEARCH: root only.
+ */
+static int open_anon(struct ectx *x, mode_t mode)
+{
+    if (!(x->e->flags & MPCP_E_DEST_NEW) || x->opt->inplace || !is_root() ||
+        anon_known_bad(x->ddev))
+        return -1;
+    int fd = openat(x->dfd, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, mode);
+    if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL))
+        remember_no_anon(x->ddev);
+    x->anon = fd >= 0;
+    return fd;
+}
+
+/*
+ * Opens the file to write: a new temporary, or the file itself (in place).
+ * A new file gets create_mode's mode (x->made_mode says which).
+ */
+static int open_dest_once(struct ectx *x, int sfd, bool exists, bool through, char *tmp,
+                          size_t tmp_size)
 {
     int fd;
     tmp[0] = '\0';
+    x->made_here = !through && !(x->opt->inplace && exists);
+    mode_t mode = x->made_here && !exists ? create_mode(x, sfd) : 0600;
+    x->made_mode = mode == 0600 ? 0 : mode;
     if (through) {
         fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
     } else if (x->opt->inplace && exists) {
         fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
     } else if (x->opt->inplace) {
-        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
-    } else {
+        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+    } else if ((fd = open_anon(x, mode)) < 0) {
         mpcp_temp_name(tmp, tmp_size, x->e->dst_name);
-        fd = openat(x->dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+        fd = openat(x->dfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
     }
+    return fd;
+}
+
+static int open_dest(struct ectx *x, int sfd, bool exists, bool through, char *tmp, size_t tmp_size)
+{
+    int fd = open_dest_once(x, sfd, exists, through, tmp, tmp_size);
+    if (fd < 0 && released_for_emfile())
+        fd = open_dest_once(x, sfd, exists, through, tmp, tmp_size);
     if (fd < 0) {
         fail(x, errno, "cannot create regular file %s", dst_q(x), NULL);
         tmp[0] = '\0';
@@ -554,6 +855,50 @@ static int writable_check(struct ectx *x, bool exists, const struct stat *d, boo
     return STOP_HERE;
 }
 
+/* Links a linkable temporary in under the name tmp, for a rename onto the final name. */
+static bool link_anon_as(struct ectx *x, int fd, char *tmp, size_t size)
+{
+    mpcp_temp_name(tmp, size, x->e->dst_name);
+    if (linkat(fd, "", x->dfd, tmp, AT_EMPTY_PATH) == 0)
+        return true;
+    fail(x, errno, "cannot create regular file %s", dst_q(x), NULL);
+    return false;
+}
+
+/*
+ * Puts a complete O_TMPFILE in place (rc: the copy's result so far) and
+ * closes it; a failure leaves nothing behind. The name is new (the folder
+ * is), unless a task runs again after its worker died: then, as a rename
+ * would, the file replaces what is there; -n keeps it.
+ */
+static void commit_anon(struct ectx *x, int fd, int rc)
+{
+    if (rc == 0 && linkat(fd, "", x->dfd, x->e->dst_name, AT_EMPTY_PATH) < 0) {
+        int err = errno;
+        char tmp[NAME_MAX + 1];
+        bool noreplace =
+            x->opt->update == MPCP_UPDATE_NONE || x->opt->update == MPCP_UPDATE_NONE_FAIL;
+        if (err == EEXIST && noreplace) {
+            if (x->opt->update == MPCP_UPDATE_NONE_FAIL)
+                fail(x, 0, "not replacing %s", dst_q(x), NULL);
+            else
+                skip(x);
+        } else if (err == EEXIST) {
+            if (link_anon_as(x, fd, tmp, sizeof tmp))
+                commit_or_fail(x, tmp, "cannot create regular file %s");
+        } else {
+            /* No right to link an fd (no CAP_DAC_READ_SEARCH): named temporaries from now on. */
+            remember_no_anon(x->ddev);
+            char path[64];
+            snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+            if (linkat(AT_FDCWD, path, x->dfd, x->e->dst_name, AT_SYMLINK_FOLLOW) < 0)
+                fail(x, err, "cannot create regular file %s", dst_q(x), NULL);
+        }
+    }
+    if (close(fd) < 0 && x->r->status == MPCP_OK)
+        fail(x, errno, "failed to close %s", dst_q(x), NULL);
+}
+
 static void exec_reg(struct ectx *x)
 {
     struct stat d;
@@ -573,7 +918,7 @@ static void exec_reg(struct ectx *x)
     if (exists && !through && x->opt->p_links && d.st_nlink > 1)
         x->r->flags |= MPCP_R_REPLACED;
     char tmp[NAME_MAX + 1];
-    int fd = open_dest(x, exists, through, tmp, sizeof tmp);
+    int fd = open_dest(x, sfd, exists, through, tmp, sizeof tmp);
     if (fd < 0) {
         close(sfd);
         return;
@@ -583,12 +928,16 @@ static void exec_reg(struct ectx *x)
     int rc = mpcp_copy_data(x->opt, sfd, fd, x->ddev, (off_t)x->e->size, (blkcnt_t)x->e->blocks,
                             &copied, &side);
     x->r->bytes = copied;
-    bool created = tmp[0] || (x->opt->inplace && !exists);
+    bool created = tmp[0] || x->anon || (x->opt->inplace && !exists);
     if (rc < 0)
         data_failed(x, -rc, side);
     else
         rc = file_metadata(x, sfd, fd, exists, &d, created);
-    close(sfd);
+    close_source(sfd);
+    if (x->anon) {
+        commit_anon(x, fd, rc);
+        return;
+    }
     if (close(fd) < 0 && rc == 0) {
         fail(x, errno, "failed to close %s", dst_q(x), NULL);
         rc = -1;
@@ -862,6 +1211,9 @@ static void exec_reg_copy(struct ectx *x)
 
 static void exec_entry(struct ectx *x)
 {
+    /* What opens other descriptors (link folders, ranges) gets the held ones back first. */
+    if (x->e->type == MPCP_T_HARDLINK || x->e->type == MPCP_T_CHUNK || x->e->type == MPCP_T_COMMIT)
+        close_held();
     switch (x->e->type) {
     case MPCP_T_REG:
         exec_reg(x);
@@ -885,7 +1237,7 @@ static void exec_entry(struct ectx *x)
 }
 
 static int resolve_dirs(const struct mpcp_task *t, int hint_src, int hint_dst, int *sfd, int *dfd,
-                        dev_t *ddev, int *failed_side)
+                        dev_t *ddev, int *failed_side, struct task_dir *td)
 {
     if (t->src_root >= n_roots || t->dst_root >= n_roots)
         return -EBADMSG;
@@ -893,6 +1245,7 @@ static int resolve_dirs(const struct mpcp_task *t, int hint_src, int hint_dst, i
         struct stat st;
         if (fstat(hint_dst, &st) < 0)
             return -errno;
+        task_dir_stated(td, &st);
         *sfd = hint_src;
         *dfd = hint_dst;
         *ddev = st.st_dev;
@@ -901,12 +1254,14 @@ static int resolve_dirs(const struct mpcp_task *t, int hint_src, int hint_dst, i
     dev_t sdev;
     *failed_side = 0;
     int rc = cached_dir(&src_cache, t->src_root, roots[t->src_root].src, t->src_dir,
-                        t->flags & MPCP_TASK_FOLLOW, sfd, &sdev);
+                        t->flags & MPCP_TASK_FOLLOW, sfd, &sdev, NULL);
     if (rc)
         return rc;
     *failed_side = 1;
-    return cached_dir(&dst_cache, t->dst_root, roots[t->dst_root].dst, t->dst_dir, false, dfd,
-                      ddev);
+    /* A folder found in the cache is stated again if needed: its owner may have changed. */
+    td->o_path = true;
+    return cached_dir(&dst_cache, t->dst_root, roots[t->dst_root].dst, t->dst_dir, false, dfd, ddev,
+                      td);
 }
 
 int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_dst,
@@ -922,7 +1277,8 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         return rc;
     int sfd = -1, dfd = -1, side = 0;
     dev_t ddev = 0;
-    int dir_rc = resolve_dirs(&t, hint_src, hint_dst, &sfd, &dfd, &ddev, &side);
+    struct task_dir td = {.stated = false, .o_path = false, .default_acl = -1};
+    int dir_rc = resolve_dirs(&t, hint_src, hint_dst, &sfd, &dfd, &ddev, &side, &td);
     if (dir_rc == -EBADMSG)
         return dir_rc;
     struct ectx *x = malloc(sizeof *x);
@@ -941,6 +1297,11 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         x->sfd = sfd;
         x->dfd = dfd;
         x->ddev = ddev;
+        x->dir = &td;
+        x->made_here = false;
+        x->anon = false;
+        x->made_mode = 0;
+        x->xattrs = -1;
         x->r = &r;
         x->src_q[0] = x->dst_q[0] = '\0';
         if (mpcp_interrupted) {
@@ -961,6 +1322,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         if (rc)
             break;
     }
+    close_held(); /* a task leaves no descriptor behind */
     free(x);
     return rc;
 }
