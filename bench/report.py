@@ -54,7 +54,7 @@ def main():
     for r in rows:
         s = r.get("speedup")
         table.append((r["bench"], r["case"], "%.4g" % r["value"], r["unit"],
-                      r.get("reference", "-"),
+                      r.get("reference", "-").replace("|", "\\|"),  # a Markdown cell
                       "%.4g" % r["reference_value"] if "reference_value" in r else "-",
                       "%.2fx %s" % ((s, "better") if s >= 1 else (1 / s, "worse"))
                       if s else "-"))
