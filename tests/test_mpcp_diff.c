@@ -474,9 +474,8 @@ static void setup_links_across(int dir)
  * Files of several owners copied into a set-group-ID folder of another
  * group: a new file takes that group, so mpcp may skip fchown only where
  * it already is the one wanted. As root: -a keeps every owner; -r gives
- * the folder's group to all. The source folders are set-group-ID too:
- * mpcp -a clears the bit that a new folder inherits, where cp keeps it
- * (a difference of the folders' metadata, not of the files').
+ * the folder's group to all. The source folders are set-group-ID too
+ * (plain ones under a set-group-ID parent: setup_setgid_parent).
  */
 static void setup_setgid_dest(int dir)
 {
@@ -507,6 +506,26 @@ static void setup_setgid_dest(int dir)
     int o = sub_dir(dir, "o", 0775);
     if (geteuid() == 0)
         must(fchown(o, 0, 4321), "chown", "o");
+    must(fchmod(o, 02775), "chmod", "o");
+    close(o);
+}
+
+/*
+ * Plain folders (and one set-user-ID folder) copied into a set-group-ID
+ * folder: the new folders inherit the bit from mkdir, and cp -p keeps it
+ * where the source mode has no set-id or sticky bit (it sets only the rwx
+ * bits then), but applies a source mode that has one.
+ */
+static void setup_setgid_parent(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    int sub = sub_dir(s, "sub", 0750);
+    put_file(sub, "f", "f\n", 0644);
+    close(sub);
+    close(sub_dir(s, "suid", 04755));
+    stamp_tree(s, 1400000000);
+    close(s);
+    int o = sub_dir(dir, "o", 0775);
     must(fchmod(o, 02775), "chmod", "o");
     close(o);
 }
@@ -639,6 +658,11 @@ CASE(archive_into_setgid_folder, .setup = setup_setgid_dest, .args = {"-a", "s",
 CASE(recursive_into_setgid_folder, .setup = setup_setgid_dest, .args = {"-r", "s", "o"})
 CASE(preserve_ownership_into_setgid_folder, .setup = setup_setgid_dest,
      .args = {"-r", "--preserve=ownership", "s", "o"})
+CASE(archive_under_setgid_parent, .setup = setup_setgid_parent, .args = {"-a", "s", "o"},
+     .flags = CMP_MTIME)
+CASE(preserve_mode_under_setgid_parent, .setup = setup_setgid_parent,
+     .args = {"-r", "--preserve=mode", "s", "o"})
+CASE(recursive_under_setgid_parent, .setup = setup_setgid_parent, .args = {"-r", "s", "o"})
 CASE(archive_into_default_acl, .setup = setup_default_acl, .args = {"-a", "s", "o"},
      .flags = CMP_MTIME)
 CASE(preserve_mode_into_default_acl, .setup = setup_default_acl,

@@ -1151,6 +1151,20 @@ static int make_dest_dir(struct planner *p, int dparent, const char *dname, cons
     return 0;
 }
 
+/*
+ * cp -p sets a folder's mode through its ACL, which holds only the rwx
+ * bits, and calls chmod only for a source mode with set-id or sticky bits:
+ * otherwise the folder keeps those it has, the set-group-ID bit mkdir
+ * inherited from a set-group-ID parent among them.
+ */
+static mode_t kept_special_bits(const struct dir_state *ds)
+{
+    if (ds->new_dst)
+        return ds->made_mode & 07000;
+    struct stat d;
+    return fstat(ds->dfd, &d) == 0 ? d.st_mode & 07000 : 0;
+}
+
 static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_state *ds,
                          const char *disp)
 {
@@ -1174,6 +1188,8 @@ static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_s
     mode_t mode;
     if (opt->p_mode) {
         mode = mpcp_new_file_mode(opt, sst->st_mode, owner_failed);
+        if (!(mode & 07000))
+            mode |= kept_special_bits(ds);
     } else if (opt->no_p_mode && ds->new_dst) {
         /* What cp 9.1 leaves: default permissions, the special bits mkdir kept. */
         mode = (ds->made_mode & 07000) | (0777 & ~opt->umask);
