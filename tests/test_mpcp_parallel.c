@@ -13,6 +13,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <time.h>
 
 static char work[256];
@@ -146,6 +147,47 @@ Test(mpcp_parallel, repeated_runs_with_many_workers_agree, .init = setup_work,
         compare_with("ref", "o");
         remove_tree_at(wfd, "o");
     }
+}
+
+/*
+ * A low descriptor limit (ulimit -n 40): folders stay open while their tasks
+ * are in flight, so the planner runs out; it then waits for those tasks and
+ * goes on, and the copy is whole.
+ */
+Test(mpcp_parallel, low_descriptor_limit_still_copies_everything, .init = setup_work,
+     .fini = teardown_work, .timeout = 120)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    for (int d = 0; d < 50; d++) {
+        char name[32];
+        snprintf(name, sizeof name, "d%02d", d);
+        int a = sub_dir(s, name, 0755);
+        int b = sub_dir(a, "b", 0755);
+        int c = sub_dir(b, "c", 0755);
+        for (int f = 0; f < 4; f++) {
+            snprintf(name, sizeof name, "f%d", f);
+            write_sized(a, name, 100, 0644);
+            write_sized(b, name, 200, 0644);
+            write_sized(c, name, 300, 0644);
+        }
+        close(c);
+        close(b);
+        close(a);
+    }
+    stamp_tree(s, 1400000000);
+    close(s);
+    struct run_result r;
+    run(&r, (const char *const[]){"-a", "-j", "1", "s", "ref", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    struct rlimit old;
+    cr_assert_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+    struct rlimit low = {40, old.rlim_max};
+    cr_assert_eq(setrlimit(RLIMIT_NOFILE, &low), 0);
+    run(&r, (const char *const[]){"-a", "-j", "2", "s", "o", NULL});
+    setrlimit(RLIMIT_NOFILE, &old);
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_str_empty(r.err);
+    compare_with("ref", "o");
 }
 
 /* Operands copied by workers: several sources into a folder, links across operands. */

@@ -1110,6 +1110,24 @@ static void close_dir_state(struct dir_state *ds)
     ds->sfd = ds->dfd = -1;
 }
 
+/*
+ * Opens a folder of the walk (name "." for another descriptor of the open
+ * folder at, for readdir). Folders stay open until their tasks report,
+ * so a low descriptor limit (ulimit -n) can run out with tasks in flight:
+ * then they are waited for, which lets their folders go, and the open is
+ * tried again.
+ */
+static int open_folder(struct planner *p, int at, const char *name, int flags)
+{
+    flags |= O_RDONLY | O_DIRECTORY | O_CLOEXEC;
+    int fd = openat(at, name, flags);
+    if (fd < 0 && errno == EMFILE && p->n_fly > 0) {
+        drain(p);
+        fd = openat(at, name, flags);
+    }
+    return fd;
+}
+
 static int make_dest_dir(struct planner *p, int dparent, const char *dname, const struct stat *sst,
                          struct dir_state *ds)
 {
@@ -1135,7 +1153,7 @@ static int make_dest_dir(struct planner *p, int dparent, const char *dname, cons
         say(p, errno, "cannot create directory %s", p->dst_disp.s, NULL);
         return -1;
     }
-    ds->dfd = openat(dparent, dname, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    ds->dfd = open_folder(p, dparent, dname, O_NOFOLLOW);
     if (ds->dfd < 0) {
         say(p, errno, "cannot access %s", p->dst_disp.s, NULL);
         return -1;
@@ -1263,7 +1281,7 @@ static void walk_stated(struct planner *p, const char *name, const struct stat *
 /* Reads the folder: files go into batches, subfolder names into *subdirs. */
 static int read_dir(struct planner *p, struct dir_state *ds, struct str *subdirs)
 {
-    int fd = fcntl(ds->sfd, F_DUPFD_CLOEXEC, 0);
+    int fd = open_folder(p, ds->sfd, ".", 0);
     DIR *d = fd >= 0 ? fdopendir(fd) : NULL;
     if (!d) {
         if (fd >= 0)
@@ -1563,7 +1581,7 @@ static bool enter_dir(struct planner *p, int sparent, const char *sname, int dpa
     else
         remove_stale(ds.dfd);
     bool follow = p->opt->deref == MPCP_DEREF_ALWAYS || (top && p->opt->deref != MPCP_DEREF_NEVER);
-    ds.sfd = openat(sparent, sname, O_RDONLY | O_DIRECTORY | O_CLOEXEC | (follow ? 0 : O_NOFOLLOW));
+    ds.sfd = open_folder(p, sparent, sname, follow ? 0 : O_NOFOLLOW);
     if (ds.sfd < 0)
         ds.sfd = -errno;
     f->ds = ds;
