@@ -1003,8 +1003,8 @@ static int kill_grandchildren(pid_t pid)
  * (No hard links here: -u keeps what the first run made, as cp -u does, so
  * a link made in the rerun to a member already there depends on the order.)
  */
-Test(mpcp_beyond, workers_walk_survives_killed_workers, .init = setup_work,
-     .fini = teardown_work, .timeout = 120)
+Test(mpcp_beyond, workers_walk_survives_killed_workers, .init = setup_work, .fini = teardown_work,
+     .timeout = 120)
 {
     make_walk_tree(3000, false);
     pid_t pid = fork();

@@ -62,7 +62,7 @@ struct lister {
     struct mpcp_buf *out;
     unsigned flags;
     struct queued *q;
-    size_t head, n;  /* q[head..n) are waiting */
+    size_t head, n; /* q[head..n) are waiting */
     uint32_t sections;
     uint32_t entries;
 };
@@ -351,8 +351,7 @@ int mpcp_list_decode_section(const unsigned char *p, size_t len, size_t *pos,
     return 0;
 }
 
-int mpcp_list_decode_entry(const unsigned char *p, size_t end, size_t *pos,
-                           struct mpcp_listed *e)
+int mpcp_list_decode_entry(const unsigned char *p, size_t end, size_t *pos, struct mpcp_listed *e)
 {
     struct list_wire w;
     if (*pos > end || end - *pos < sizeof w)

@@ -311,8 +311,7 @@ int mpcp_list_run(const unsigned char *req, size_t len, struct mpcp_buf *out);
 int mpcp_list_decode_result(const unsigned char *p, size_t len, uint32_t *sections, size_t *pos);
 int mpcp_list_decode_section(const unsigned char *p, size_t len, size_t *pos,
                              struct mpcp_list_info *info);
-int mpcp_list_decode_entry(const unsigned char *p, size_t end, size_t *pos,
-                           struct mpcp_listed *e);
+int mpcp_list_decode_entry(const unsigned char *p, size_t end, size_t *pos, struct mpcp_listed *e);
 
 /* ---- workers (parallel.c) ---- */
 
