@@ -93,6 +93,29 @@ static inline void run_in(const char *cwd, bool as_nobody, const char *const *ar
 /* ---- building trees ---- */
 
 /*
+ * Starts mpcp with args (NULL-terminated) in folder cwd, its stderr to
+ * /dev/null, and returns its pid without waiting: for the tests that stop
+ * or kill it midway. The caller reaps it.
+ */
+static inline pid_t start_mpcp_quiet(const char *cwd, const char *const *args)
+{
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(cwd) < 0)
+            _exit(126);
+        int null = open("/dev/null", O_WRONLY);
+        dup2(null, 2);
+        const char *argv[32] = {MPROC_MPCP_PATH};
+        for (int i = 0; args[i] && i < 30; i++)
+            argv[i + 1] = args[i];
+        execv(MPROC_MPCP_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    return pid;
+}
+
+/*
  * Runs "mpcp -a s o" in folder cwd and waits for it: its wait status in
  * *status, and in *ru its resource use (ru_maxrss: the peak of its largest
  * process, mpcp or a worker).

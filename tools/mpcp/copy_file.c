@@ -34,26 +34,25 @@ static void progressed(uint64_t bytes)
 }
 #define BUF_SIZE ((size_t)256 * 1024)
 
+bool mpcp_dev_set_has(const struct mpcp_dev_set *s, dev_t dev)
+{
+    for (unsigned i = 0; i < s->n; i++)
+        if (s->dev[i] == dev)
+            return true;
+    return s->n == sizeof s->dev / sizeof s->dev[0];
+}
+
+void mpcp_dev_set_add(struct mpcp_dev_set *s, dev_t dev)
+{
+    if (!mpcp_dev_set_has(s, dev))
+        s->dev[s->n++] = dev;
+}
+
 /*
  * Filesystems where FICLONE failed in this process. A failure is a property
  * of the filesystem, so trying again for every file only costs a syscall.
  */
-static dev_t no_clone_devs[16];
-static unsigned n_no_clone;
-
-static bool clone_known_bad(dev_t dev)
-{
-    for (unsigned i = 0; i < n_no_clone; i++)
-        if (no_clone_devs[i] == dev)
-            return true;
-    return false;
-}
-
-static void remember_no_clone(dev_t dev)
-{
-    if (n_no_clone < sizeof no_clone_devs / sizeof no_clone_devs[0])
-        no_clone_devs[n_no_clone++] = dev;
-}
+static struct mpcp_dev_set no_clone;
 
 static unsigned char *io_buffer(void)
 {
@@ -240,7 +239,7 @@ static int try_clone(const struct mpcp_opts *opt, int src, int dst, dev_t dst_de
 {
     if (opt->reflink == MPCP_REFLINK_NEVER)
         return 1;
-    if (opt->reflink == MPCP_REFLINK_AUTO && clone_known_bad(dst_dev))
+    if (opt->reflink == MPCP_REFLINK_AUTO && mpcp_dev_set_has(&no_clone, dst_dev))
         return 1;
     if (ioctl(dst, FICLONE, src) == 0)
         return 0;
@@ -249,7 +248,7 @@ static int try_clone(const struct mpcp_opts *opt, int src, int dst, dev_t dst_de
         *side = MPCP_SIDE_CLONE;
         return -err;
     }
-    remember_no_clone(dst_dev);
+    mpcp_dev_set_add(&no_clone, dst_dev);
     return 1;
 }
 

@@ -751,25 +751,10 @@ static int open_source(struct ectx *x)
 
 /*
  * Filesystems where O_TMPFILE or linking one in failed in this process:
- * the named temporary it is there, without trying again for every file
+ * the named temporary is used there, without trying again for every file
  * (and everywhere once the table is full).
  */
-static dev_t no_anon_devs[8];
-static unsigned n_no_anon;
-
-static bool anon_known_bad(dev_t dev)
-{
-    for (unsigned i = 0; i < n_no_anon; i++)
-        if (no_anon_devs[i] == dev)
-            return true;
-    return n_no_anon == sizeof no_anon_devs / sizeof no_anon_devs[0];
-}
-
-static void remember_no_anon(dev_t dev)
-{
-    if (n_no_anon < sizeof no_anon_devs / sizeof no_anon_devs[0])
-        no_anon_devs[n_no_anon++] = dev;
-}
+static struct mpcp_dev_set no_anon;
 
 /*
  * In a folder this run made, a new file's temporary is an O_TMPFILE that
@@ -780,11 +765,11 @@ static void remember_no_anon(dev_t dev)
 static int open_anon(struct ectx *x, mode_t mode)
 {
     if (!(x->e->flags & MPCP_E_DEST_NEW) || x->opt->inplace || !is_root() ||
-        anon_known_bad(x->ddev))
+        mpcp_dev_set_has(&no_anon, x->ddev))
         return -1;
     int fd = openat(x->dfd, ".", O_WRONLY | O_TMPFILE | O_CLOEXEC, mode);
     if (fd < 0 && (errno == EOPNOTSUPP || errno == EISDIR || errno == EINVAL))
-        remember_no_anon(x->ddev);
+        mpcp_dev_set_add(&no_anon, x->ddev);
     x->anon = fd >= 0;
     return fd;
 }
@@ -888,7 +873,7 @@ static void commit_anon(struct ectx *x, int fd, int rc)
                 commit_or_fail(x, tmp, "cannot create regular file %s");
         } else {
             /* No right to link an fd (no CAP_DAC_READ_SEARCH): named temporaries from now on. */
-            remember_no_anon(x->ddev);
+            mpcp_dev_set_add(&no_anon, x->ddev);
             char path[64];
             snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
             if (linkat(AT_FDCWD, path, x->dfd, x->e->dst_name, AT_SYMLINK_FOLLOW) < 0)

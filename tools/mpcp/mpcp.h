@@ -112,6 +112,18 @@ void mpcp_set_data_progress(void (*fn)(uint64_t bytes));
 enum mpcp_data_side { MPCP_SIDE_READ, MPCP_SIDE_WRITE, MPCP_SIDE_CLONE };
 
 /*
+ * Filesystems (devices) where a fast path failed once in this process, so
+ * that it is not tried again for every file. Once full, every device counts
+ * as one: the slow path is always correct.
+ */
+struct mpcp_dev_set {
+    dev_t dev[16];
+    unsigned n;
+};
+bool mpcp_dev_set_has(const struct mpcp_dev_set *s, dev_t dev);
+void mpcp_dev_set_add(struct mpcp_dev_set *s, dev_t dev);
+
+/*
  * Copies the data of src_fd (size and blocks from the walk's stat) to dst_fd
  * (empty, freshly created or truncated). On failure returns -errno and sets
  * *side. *copied gets the bytes written.
