@@ -747,6 +747,39 @@ Test(mpcp_beyond, dry_run_changes_nothing, .init = setup_work, .fini = teardown_
     cr_assert(strstr(r.out, "'s/sub' -> 'o/sub'") != NULL, "%s", r.out);
 }
 
+/* -l and -s: the summaries count links, no bytes; --dry-run makes none. */
+Test(mpcp_beyond, links_in_summaries_and_dry_run, .init = setup_work, .fini = teardown_work,
+     .timeout = 30)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    write_pattern(s, "a", 100);
+    write_pattern(s, "b", 200);
+    must(symlinkat("a", s, "l"), "symlink", "l");
+    close(s);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"-rl", "--json", "--stats", "s", "o", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"files\":0,") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\"hardlinks\":3,") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\"bytes\":0,") != NULL, "%s", r.out);
+    cr_assert(strstr(r.err, "mpcp: 0 files, 1 directories, 0 symlinks, 3 hard links") == r.err,
+              "%s", r.err);
+    struct stat src, dst;
+    cr_assert_eq(fstatat(wfd, "s/a", &src, 0), 0);
+    cr_assert_eq(fstatat(wfd, "o/l", &dst, AT_SYMLINK_NOFOLLOW), 0);
+    cr_assert(src.st_ino == dst.st_ino, "-rl links what a symlink points to");
+    char abs[512];
+    snprintf(abs, sizeof abs, "%s/s", work);
+    mpcp(&r, (const char *const[]){"-rs", "-j", "3", "--json", abs, "o2", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert(strstr(r.out, "\"symlinks\":3,\"hardlinks\":0,") != NULL, "%s", r.out);
+    cr_assert(strstr(r.out, "\"bytes\":0,") != NULL, "%s", r.out);
+    mpcp(&r, (const char *const[]){"-rlv", "--dry-run", "s", "o3", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_neq(fstatat(wfd, "o3", &dst, 0), 0, "--dry-run created the destination");
+    cr_assert(strstr(r.out, "'s/a' -> 'o3/a'") != NULL, "%s", r.out);
+}
+
 /* The --update forms of coreutils 9.3/9.5, which cp 9.1 here cannot be compared with. */
 Test(mpcp_beyond, update_when_forms, .init = setup_work, .fini = teardown_work, .timeout = 30)
 {
@@ -1115,7 +1148,12 @@ Test(mpcp_beyond, task_bytes_round_trip, .timeout = 10)
 
     struct mpcp_buf res = {0};
     cr_assert_eq(mpcp_result_begin(&res), 0);
-    struct mpcp_result_entry re = {MPCP_FAILED, MPCP_R_STOP, ENOSPC, 123, "error writing 'x'"};
+    struct mpcp_result_entry re = {.status = MPCP_FAILED,
+                                   .flags = MPCP_R_STOP,
+                                   .err = ENOSPC,
+                                   .bytes = 123,
+                                   .msg = "error writing 'x'",
+                                   .backup = "x~"};
     cr_assert_eq(mpcp_result_add(&res, &re), 0);
     uint32_t count;
     cr_assert_eq(mpcp_result_decode_header(res.data, res.len, &count, &pos), 0);
@@ -1126,6 +1164,7 @@ Test(mpcp_beyond, task_bytes_round_trip, .timeout = 10)
     cr_assert_eq(ro.err, ENOSPC);
     cr_assert_eq(ro.bytes, 123);
     cr_assert_str_eq(ro.msg, "error writing 'x'");
+    cr_assert_str_eq(ro.backup, "x~");
     mpcp_buf_free(&b);
     mpcp_buf_free(&res);
 }

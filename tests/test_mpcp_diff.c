@@ -96,6 +96,18 @@ struct diff {
     bool no_tree;
     bool resolve;     /* mpcp's executor reaches folders from the roots, as a worker does */
     const char *jobs; /* mpcp's -j N, when set (else the default: one worker per CPU) */
+    /*
+     * Absolute paths (cp -s links by the name as typed): an argument "@/x"
+     * is x in each side's own folder, and outputs and symlink texts name
+     * that folder "@" on both sides.
+     */
+    bool abs;
+    /*
+     * "NAME=value" in the environment of both runs (VERSION_CONTROL,
+     * SIMPLE_BACKUP_SUFFIX); those two are unset otherwise, so that the
+     * caller's own do not change a case.
+     */
+    const char *env;
 };
 
 /* The case's work folder, removed by fini even when an assertion ended the case. */
@@ -123,9 +135,50 @@ static void remove_work(void)
     remove_tree_at(AT_FDCWD, work);
 }
 
+/* "@/x" (see diff.abs): x by absolute path in the side's folder, in buf. */
+static const char *side_arg(const char *arg, const char *side, char *buf, size_t size)
+{
+    if (strncmp(arg, "@/", 2) != 0)
+        return arg;
+    snprintf(buf, size, "%s%s", side, arg + 1);
+    return buf;
+}
+
+/* Writes "@" for each occurrence of the side's folder in text (in place). */
+static void name_side(char *text, const char *side)
+{
+    size_t n = strlen(side);
+    char *w = text;
+    for (const char *r = text; *r;) {
+        if (strncmp(r, side, n) == 0) {
+            *w++ = '@';
+            r += n;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+}
+
+/* The backup variables come from the case alone (see diff.env). */
+static void set_case_env(const char *env)
+{
+    unsetenv("VERSION_CONTROL");
+    unsetenv("SIMPLE_BACKUP_SUFFIX");
+    if (!env)
+        return;
+    char name[64];
+    const char *eq = strchr(env, '=');
+    cr_assert(eq && (size_t)(eq - env) < sizeof name, "bad env %s", env);
+    memcpy(name, env, (size_t)(eq - env));
+    name[eq - env] = '\0';
+    setenv(name, eq + 1, 1);
+}
+
 static void differential(const struct diff *d)
 {
-    char path[300];
+    char path[300], cp_dir[300], mp_dir[300];
+    static char cp_abs[16][600], mp_abs[16][600];
     running = d;
     int w = make_work_dir(work, sizeof work, d->tag);
     int a = sub_dir(w, "cp", 0777), b = sub_dir(w, "mp", 0777);
@@ -137,16 +190,19 @@ static void differential(const struct diff *d)
     }
     const char *cp_argv[20] = {"cp"}, *mp_argv[20] = {MPROC_MPCP_PATH};
     const char *const *margs = d->mp_args[0] ? d->mp_args : d->args;
+    snprintf(cp_dir, sizeof cp_dir, "%s/cp", work);
+    snprintf(mp_dir, sizeof mp_dir, "%s/mp", work);
     for (int i = 0; d->args[i]; i++)
-        cp_argv[i + 1] = d->args[i];
+        cp_argv[i + 1] = side_arg(d->args[i], cp_dir, cp_abs[i], sizeof cp_abs[i]);
     int m = 1;
     if (d->jobs) {
         mp_argv[m++] = "-j";
         mp_argv[m++] = d->jobs;
     }
     for (int i = 0; margs[i]; i++)
-        mp_argv[m++] = margs[i];
+        mp_argv[m++] = side_arg(margs[i], mp_dir, mp_abs[i], sizeof mp_abs[i]);
     static struct run_result rc, rm;
+    set_case_env(d->env);
     snprintf(path, sizeof path, "%s/cp", work);
     run_in(path, d->nobody, cp_argv, &rc);
     snprintf(path, sizeof path, "%s/mp", work);
@@ -154,12 +210,19 @@ static void differential(const struct diff *d)
         setenv("MPCP_TASK_RESOLVE", "1", 1);
     run_in(path, d->nobody, mp_argv, &rm);
     unsetenv("MPCP_TASK_RESOLVE");
+    if (d->abs) {
+        name_side(rc.out, cp_dir);
+        name_side(rc.err, cp_dir);
+        name_side(rm.out, mp_dir);
+        name_side(rm.err, mp_dir);
+    }
     cr_assert_eq(rc.status, rm.status, "exit status: cp %d, mpcp %d\ncp: %s\nmpcp: %s", rc.status,
                  rm.status, rc.err, rm.err);
     compare_stderr(rc.err, rm.err);
     compare_stdout(rc.out, rm.out);
     if (!d->no_tree)
-        compare_trees(a, b, d->flags | CMP_OWNER);
+        compare_trees_at(a, b, d->flags | CMP_OWNER, d->abs ? cp_dir : NULL,
+                         d->abs ? mp_dir : NULL);
     close(a);
     close(b);
     close(w);
@@ -564,6 +627,108 @@ static void setup_default_acl(int dir)
     close(o);
 }
 
+/*
+ * --parents: folders of several modes on the way (one read-only), a target
+ * folder, one where a file stands in a folder's place, a symlink to a folder.
+ */
+static void setup_parents(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    int a = sub_dir(s, "a", 0750);
+    int b = sub_dir(a, "b", 0705);
+    put_file(b, "f", "deep\n", 0640);
+    put_file(a, "y", "why\n", 0600);
+    int c = sub_dir(s, "c", 0755);
+    put_file(c, "z", "zed\n", 0644);
+    stamp_tree(s, 1000000000);
+    cr_assert_eq(fchmod(c, 0555), 0);
+    close(b);
+    close(a);
+    close(c);
+    close(s);
+    close(sub_dir(dir, "o", 0755));
+    int clash = sub_dir(dir, "oclash", 0755);
+    put_file(clash, "s", "a file\n", 0644);
+    close(clash);
+    cr_assert_eq(symlinkat("s/a", dir, "sl"), 0);
+}
+
+/*
+ * An existing destination for -b: files, a symlink where s has one, a file
+ * where s has a fifo, a hard-link group, a file linked from outside o (its
+ * backup must stay that inode); numbered backups already there for some
+ * names (a: 1 and 2; b: 9, so the next is 10; sub/c: only names that are
+ * no numbered backup of c), none for the others. No name in s is another's
+ * backup name: cp and mpcp take a folder's files in different orders.
+ */
+static void setup_backups(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    put_file(s, "a", "new a\n", 0644);
+    put_file(s, "b", "new b\n", 0600);
+    put_file(s, "h1", "new linked\n", 0644);
+    must(linkat(s, "h1", s, "h2", 0), "link", "h2");
+    must(symlinkat("a", s, "l"), "symlink", "l");
+    must(mkfifoat(s, "p", 0644), "mkfifo", "p");
+    put_file(s, "new", "only in s\n", 0644);
+    int sub = sub_dir(s, "sub", 0755);
+    put_file(sub, "c", "new c\n", 0644);
+    close(sub);
+    stamp_tree(s, 1300000000);
+    int o = sub_dir(dir, "o", 0755);
+    put_file(o, "a", "old a\n", 0640);
+    put_file(o, "a.~1~", "first a\n", 0644);
+    put_file(o, "a.~2~", "second a\n", 0644);
+    put_file(o, "b", "old b\n", 0644);
+    put_file(o, "b.~9~", "ninth b\n", 0644);
+    put_file(o, "h1", "old h1\n", 0644);
+    put_file(o, "h2", "old h2, linked outside\n", 0644);
+    must(linkat(o, "h2", dir, "h2-outside", 0), "link", "h2-outside");
+    must(symlinkat("nowhere", o, "l"), "symlink", "l");
+    put_file(o, "p", "a file where s has a fifo\n", 0644);
+    int osub = sub_dir(o, "sub", 0755);
+    put_file(osub, "c", "old c\n", 0644);
+    put_file(osub, "c.~07~", "not a numbered backup\n", 0644);
+    put_file(osub, "c.~1", "nor this\n", 0644);
+    put_file(osub, "cc.~1~", "another name's\n", 0644);
+    close(osub);
+    stamp_tree(o, 1200000000);
+    close(o);
+    close(s);
+}
+
+/*
+ * Names near NAME_MAX: a backup name longer than the folder takes is cut
+ * as cp cuts it (the name and "~"); a numbered one cut onto an existing
+ * name fails ("cannot backup ...: File exists").
+ */
+static void setup_backup_long_names(int dir)
+{
+    static const size_t lengths[] = {250, 251, 254, 255};
+    int s = sub_dir(dir, "s", 0755), o = sub_dir(dir, "o", 0755);
+    char name[NAME_MAX + 2];
+    for (size_t i = 0; i < sizeof lengths / sizeof lengths[0]; i++) {
+        memset(name, (int)('w' + i), lengths[i]);
+        name[lengths[i]] = '\0';
+        put_file(s, name, "new\n", 0644);
+        put_file(o, name, "old\n", 0644);
+    }
+    memset(name, 'x', 251);
+    strcpy(name + 251, "~");
+    put_file(o, name, "taken\n", 0644);
+    close(o);
+    close(s);
+}
+
+/* Where a backup cannot go: its name is a folder. */
+static void setup_backup_blocked(int dir)
+{
+    put_file(dir, "f", "f\n", 0644);
+    put_file(dir, "t", "t\n", 0644);
+    close(sub_dir(dir, "t~", 0755));
+    close(sub_dir(dir, "t.~1~", 0755));
+}
+
 /* ---- cases ---- */
 
 #define CASE(name, ...)                                                                            \
@@ -634,6 +799,12 @@ CASE(one_file_system, .setup = setup_mount, .cleanup = unmount, .args = {"-ax", 
      .flags = CMP_MTIME)
 CASE(links_across_operands, .setup = setup_links_across, .args = {"-a", "s1", "s2", "loose", "o"},
      .flags = CMP_MTIME)
+CASE(links_from_file_operands, .setup = setup_links_across,
+     .args = {"-av", "loose", "s1/a", "s2/b", "s2", "o"}, .flags = CMP_MTIME)
+CASE(links_from_file_operands_j1, .setup = setup_links_across,
+     .args = {"-av", "loose", "s1/a", "s2/b", "s2", "o"}, .flags = CMP_MTIME, .jobs = "1")
+CASE(links_from_file_operands_worker_path, .setup = setup_links_across,
+     .args = {"-av", "loose", "s1/a", "s2/b", "s2", "o"}, .flags = CMP_MTIME, .resolve = true)
 CASE(links_across_operands_worker_path, .setup = setup_links_across,
      .args = {"-a", "s1", "s2", "loose", "o"}, .flags = CMP_MTIME, .resolve = true)
 CASE(dest_slash_not_a_folder, .setup = setup_files, .args = {"f", "nodir/"})
@@ -667,6 +838,162 @@ CASE(archive_into_default_acl, .setup = setup_default_acl, .args = {"-a", "s", "
      .flags = CMP_MTIME)
 CASE(preserve_mode_into_default_acl, .setup = setup_default_acl,
      .args = {"-r", "--preserve=mode", "s", "o"})
+
+/*
+ * -l and -s. The trees compared hold the sources too, so a hard link made
+ * by -l must join its source's inode as cp's does (link counts and the
+ * first name of every inode across s and o agree), and a copy in its place
+ * fails the case.
+ */
+CASE(link_recursive_basic, .setup = setup_basic, .args = {"-rl", "s", "o"})
+CASE(link_archive_basic, .setup = setup_basic, .args = {"-al", "s", "o"}, .flags = CMP_MTIME)
+/* -rl follows symlinks as -L does (dangling and looping ones cannot be stated); -al links them. */
+CASE(link_recursive_all_types, .setup = setup_types, .args = {"-rlv", "s", "o"})
+CASE(link_archive_all_types, .setup = setup_types, .args = {"-alv", "s", "o"}, .flags = CMP_MTIME)
+CASE(link_no_deref_all_types, .setup = setup_types, .args = {"-rlP", "s", "o"})
+CASE(link_follow_operand_H, .setup = setup_deref, .args = {"-rlHv", "sl", "o"})
+CASE(link_into_existing, .setup = setup_existing, .args = {"-rlvT", "s", "o"})
+CASE(link_into_existing_force, .setup = setup_existing, .args = {"-rlfvT", "s", "o"})
+CASE(link_into_existing_no_clobber, .setup = setup_existing, .args = {"-rlnvT", "s", "o"})
+CASE(link_into_existing_update, .setup = setup_existing, .args = {"-rluvT", "s", "o"})
+/* Under -P cp removes a destination first where the source is no regular file. */
+CASE(link_archive_replace_kinds, .setup = setup_replace, .args = {"-alvT", "s", "o"},
+     .flags = CMP_MTIME)
+CASE(link_recursive_replace_kinds_force, .setup = setup_replace, .args = {"-rlfvT", "s", "o"})
+CASE(link_backup, .setup = setup_replace, .args = {"-rlbvT", "s", "o"})
+CASE(symlink_remove_destination, .setup = setup_replace,
+     .args = {"-rsv", "--remove-destination", "-T", "@/s", "o"}, .abs = true)
+CASE(link_file_operand, .setup = setup_files, .args = {"-lv", "f", "t", "o"})
+CASE(link_symlink_operand, .setup = setup_files, .args = {"-l", "tlink", "o/deref"})
+CASE(link_symlink_operand_P, .setup = setup_files, .args = {"-lP", "tlink", "o/itself"})
+/* Already a name of the source: nothing to do, silently, even with -v. */
+CASE(link_same_file, .setup = setup_files, .args = {"-lv", "f", "h"})
+CASE(link_same_name, .setup = setup_files, .args = {"-l", "f", "f"})
+CASE(link_dest_slash, .setup = setup_files, .args = {"-l", "f", "nodir/"})
+CASE(symlink_dest_slash, .setup = setup_files, .args = {"-s", "@/f", "nodir/"}, .abs = true)
+CASE(link_and_symlink_refused, .setup = setup_files, .args = {"-ls", "f", "x"})
+/* -s links to the source's name as typed: absolute, or relative in the working folder only. */
+CASE(symlink_recursive_abs, .setup = setup_types, .args = {"-rsv", "@/s", "o"}, .abs = true)
+/*
+ * A link group becomes hard links to one symlink, to the name of the group
+ * reached first: cp's walk and mpcp's meet names in other orders (see
+ * MPCP.md), so the groups compared lie where both meet the same name first.
+ */
+CASE(symlink_archive_abs, .setup = setup_types, .args = {"-asv", "--no-preserve=links", "@/s", "o"},
+     .flags = CMP_MTIME, .abs = true)
+CASE(symlink_archive_link_groups, .setup = setup_links_across,
+     .args = {"-asv", "@/s1", "@/s2", "@/loose", "o"}, .flags = CMP_MTIME, .abs = true)
+CASE(symlink_basic_abs, .setup = setup_basic, .args = {"-rs", "@/s", "o"}, .abs = true)
+CASE(symlink_abs_unnormalized, .setup = setup_basic, .args = {"-rsv", "@/./s//sub/", "o"},
+     .abs = true)
+CASE(symlink_into_existing, .setup = setup_existing, .args = {"-rsvT", "@/s", "o"}, .abs = true)
+CASE(symlink_into_existing_force, .setup = setup_existing, .args = {"-rsfvT", "@/s", "o"},
+     .abs = true)
+CASE(symlink_replace_kinds, .setup = setup_replace, .args = {"-asvT", "@/s", "o"},
+     .flags = CMP_MTIME, .abs = true)
+CASE(symlink_same_file, .setup = setup_files, .args = {"-s", "@/f", "@/h"}, .abs = true)
+CASE(symlink_relative_here, .setup = setup_files, .args = {"-sv", "f", "t", "./x"})
+CASE(symlink_relative_elsewhere, .setup = setup_files, .args = {"-sv", "f", "o/x"})
+/* The refusal names the destination as cp's quotef() does: quoted only where a shell needs it. */
+CASE(symlink_relative_names, .setup = setup_names, .args = {"-rs", "s", "o"})
+CASE(symlink_relative_tree, .setup = setup_types, .args = {"-asv", "s", "o"}, .flags = CMP_MTIME)
+CASE(symlink_relative_replace_kinds, .setup = setup_replace, .args = {"-asvT", "s", "o"},
+     .flags = CMP_MTIME)
+/* With four workers, in one process, and with the executor resolving folders as a worker. */
+CASE(link_archive_all_types_j4, .setup = setup_types, .args = {"-alv", "s", "o"},
+     .flags = CMP_MTIME, .jobs = "4")
+CASE(link_recursive_basic_j4, .setup = setup_basic, .args = {"-rl", "s", "o"}, .jobs = "4")
+CASE(link_archive_replace_kinds_j4, .setup = setup_replace, .args = {"-alvT", "s", "o"},
+     .flags = CMP_MTIME, .jobs = "4")
+CASE(symlink_archive_abs_j4, .setup = setup_types,
+     .args = {"-asv", "--no-preserve=links", "@/s", "o"}, .flags = CMP_MTIME, .abs = true,
+     .jobs = "4")
+CASE(symlink_relative_tree_j4, .setup = setup_types, .args = {"-asv", "s", "o"}, .flags = CMP_MTIME,
+     .jobs = "4")
+CASE(link_archive_all_types_j1, .setup = setup_types, .args = {"-alv", "s", "o"},
+     .flags = CMP_MTIME, .jobs = "1")
+CASE(link_into_existing_force_j1, .setup = setup_existing, .args = {"-rlfvT", "s", "o"},
+     .jobs = "1")
+CASE(symlink_archive_abs_j1, .setup = setup_types,
+     .args = {"-asv", "--no-preserve=links", "@/s", "o"}, .flags = CMP_MTIME, .abs = true,
+     .jobs = "1")
+CASE(link_archive_all_types_worker_path, .setup = setup_types, .args = {"-alv", "s", "o"},
+     .flags = CMP_MTIME, .resolve = true)
+CASE(symlink_archive_abs_worker_path, .setup = setup_types,
+     .args = {"-asv", "--no-preserve=links", "@/s", "o"}, .flags = CMP_MTIME, .abs = true,
+     .resolve = true)
+
+/* -b, --backup, -S, --remove-destination. */
+CASE(backup_recursive, .setup = setup_backups, .args = {"-rbvT", "s", "o"})
+CASE(backup_archive_numbered, .setup = setup_backups,
+     .args = {"-avT", "--backup=numbered", "s", "o"}, .flags = CMP_MTIME)
+CASE(backup_existing, .setup = setup_backups, .args = {"-rvT", "--backup=existing", "s", "o"})
+CASE(backup_abbreviated_control, .setup = setup_backups, .args = {"-rvT", "--backup=nu", "s", "o"})
+/* No backups: o/h2 has a second link, which cp rewrites in place (mpcp's --inplace). */
+CASE(backup_none_control, .setup = setup_backups, .args = {"-rvT", "--backup=off", "s", "o"},
+     .mp_args = {"--inplace", "-rvT", "--backup=off", "s", "o"})
+CASE(backup_suffix, .setup = setup_backups, .args = {"-rvT", "-S", ".bak", "s", "o"})
+CASE(backup_suffix_env, .setup = setup_backups, .args = {"-rbvT", "s", "o"},
+     .env = "SIMPLE_BACKUP_SUFFIX=.orig")
+CASE(backup_version_control_env, .setup = setup_backups, .args = {"-rbvT", "s", "o"},
+     .env = "VERSION_CONTROL=t")
+CASE(backup_option_beats_env, .setup = setup_backups,
+     .args = {"-rvT", "--backup=numbered", "s", "o"}, .env = "VERSION_CONTROL=never")
+CASE(backup_simple_two_operands, .setup = setup_files, .args = {"-v", "--backup=simple", "f", "t"})
+CASE(backup_suffix_with_slash, .setup = setup_files, .args = {"-v", "-S", "x/", "f", "t"})
+CASE(backup_suffix_not_a_name, .setup = setup_files, .args = {"-v", "-S", "/x", "f", "t"})
+CASE(backup_of_a_symlink_not_through, .setup = setup_files, .args = {"-bv", "f", "tlink"})
+CASE(backup_of_a_dangling_symlink, .setup = setup_files, .args = {"-bv", "f", "dangling"})
+CASE(backup_other_name_of_source, .setup = setup_files, .args = {"-bv", "f", "h"})
+CASE(backup_same_name_refused, .setup = setup_files, .args = {"-bv", "f", "f"})
+CASE(backup_force_same_name_copies, .setup = setup_files, .args = {"-fbv", "f", "f"})
+CASE(backup_force_same_name_numbered, .setup = setup_files,
+     .args = {"-fv", "--backup=t", "tlink", "tlink"})
+CASE(backup_long_names, .setup = setup_backup_long_names,
+     .args = {"-rvT", "--backup=numbered", "s", "o"})
+CASE(backup_long_names_suffix, .setup = setup_backup_long_names,
+     .args = {"-rvT", "-S", ".original", "s", "o"})
+CASE(backup_onto_a_folder, .setup = setup_backup_blocked, .args = {"-bv", "f", "t"})
+CASE(backup_numbered_onto_a_folder, .setup = setup_backup_blocked,
+     .args = {"-v", "--backup=t", "f", "t"})
+CASE(backup_update, .setup = setup_existing, .args = {"-rbuvT", "s", "o"})
+CASE(backup_readonly_dest_as_nobody, .setup = setup_readonly_dest, .args = {"-rbvT", "s", "o"},
+     .nobody = true)
+CASE(backup_no_clobber_refused, .setup = setup_existing, .args = {"-rbnT", "s", "o"})
+CASE(backup_no_clobber_refused_even_none, .setup = setup_existing,
+     .args = {"-rnT", "--backup=none", "s", "o"})
+CASE(backup_invalid_control, .setup = setup_existing, .args = {"--backup=nope", "s/a", "o"})
+CASE(backup_ambiguous_control, .setup = setup_existing, .args = {"--backup=n", "s/a", "o"})
+CASE(backup_invalid_env, .setup = setup_existing, .args = {"-b", "s/a", "o"},
+     .env = "VERSION_CONTROL=sometimes")
+CASE(remove_destination_symlink, .setup = setup_files,
+     .args = {"-v", "--remove-destination", "f", "tlink"})
+CASE(remove_destination_other_name_of_source, .setup = setup_files,
+     .args = {"-v", "--remove-destination", "f", "h"})
+CASE(remove_destination_same_name_refused, .setup = setup_files,
+     .args = {"--remove-destination", "f", "f"})
+CASE(remove_destination_kinds, .setup = setup_replace,
+     .args = {"-rvT", "--remove-destination", "s", "o"})
+CASE(remove_destination_archive, .setup = setup_backups,
+     .args = {"-avT", "--remove-destination", "s", "o"}, .flags = CMP_MTIME)
+CASE(remove_destination_readonly_as_nobody, .setup = setup_readonly_dest,
+     .args = {"-rvT", "--remove-destination", "s", "o"}, .nobody = true)
+CASE(remove_destination_with_backup, .setup = setup_backups,
+     .args = {"-rvT", "--remove-destination", "--backup=t", "s", "o"})
+CASE(backup_recursive_j4, .setup = setup_backups, .args = {"-rbvT", "s", "o"}, .jobs = "4")
+CASE(backup_recursive_j1, .setup = setup_backups, .args = {"-rbvT", "s", "o"}, .jobs = "1")
+CASE(backup_archive_numbered_j4, .setup = setup_backups,
+     .args = {"-avT", "--backup=numbered", "s", "o"}, .flags = CMP_MTIME, .jobs = "4")
+CASE(backup_archive_numbered_j1, .setup = setup_backups,
+     .args = {"-avT", "--backup=numbered", "s", "o"}, .flags = CMP_MTIME, .jobs = "1")
+CASE(backup_archive_numbered_worker_path, .setup = setup_backups,
+     .args = {"-avT", "--backup=numbered", "s", "o"}, .flags = CMP_MTIME, .resolve = true)
+CASE(remove_destination_kinds_j4, .setup = setup_replace,
+     .args = {"-rvT", "--remove-destination", "s", "o"}, .jobs = "4")
+CASE(remove_destination_kinds_j1, .setup = setup_replace,
+     .args = {"-rvT", "--remove-destination", "s", "o"}, .jobs = "1")
+CASE(remove_destination_archive_j4, .setup = setup_backups,
+     .args = {"-avT", "--remove-destination", "s", "o"}, .flags = CMP_MTIME, .jobs = "4")
 
 /* The executor resolving folders from the roots, as a pool worker does. */
 CASE(archive_all_types_worker_path, .setup = setup_types, .args = {"-a", "s", "o"},
@@ -712,3 +1039,31 @@ CASE(archive_unreadable_as_nobody_j1, .setup = setup_unreadable, .args = {"-a", 
      .nobody = true, .flags = CMP_MTIME, .jobs = "1")
 CASE(same_source_twice_j1, .setup = setup_twice,
      .args = {"-rv", "s1/x", "s1/x", "s1/d", "s1/d", "o"}, .jobs = "1")
+
+/* --parents and --strip-trailing-slashes. */
+CASE(parents_files, .setup = setup_parents,
+     .args = {"--parents", "-v", "s/a/b/f", "s/a/y", "s/c/z", "o"})
+CASE(parents_preserve, .setup = setup_parents,
+     .args = {"-p", "--parents", "-v", "s/a/b/f", "s/a/y", "s/c/z", "o"}, .flags = CMP_MTIME)
+CASE(parents_archive_mixed, .setup = setup_parents,
+     .args = {"-a", "--parents", "s/c", "s/a/b/f", "s/a/y", "o"}, .flags = CMP_MTIME)
+CASE(parents_archive_mixed_j1, .setup = setup_parents,
+     .args = {"-a", "--parents", "s/c", "s/a/b/f", "s/a/y", "o"}, .flags = CMP_MTIME, .jobs = "1")
+CASE(parents_archive_mixed_j4, .setup = setup_parents,
+     .args = {"-a", "--parents", "s/c", "s/a/b/f", "s/a/y", "o"}, .flags = CMP_MTIME, .jobs = "4")
+CASE(parents_archive_mixed_worker_path, .setup = setup_parents,
+     .args = {"-a", "--parents", "s/c", "s/a/b/f", "s/a/y", "o"}, .flags = CMP_MTIME,
+     .resolve = true)
+CASE(parents_recursive, .setup = setup_parents, .args = {"-r", "--parents", "-v", "s/a", "o"})
+CASE(parents_no_preserve_mode, .setup = setup_parents,
+     .args = {"-r", "--parents", "--no-preserve=mode", "s/a/b", "s/c", "o"})
+CASE(parents_odd_slashes, .setup = setup_parents, .args = {"--parents", "-v", "./s//a/b/f", "o/"})
+CASE(parents_target_option, .setup = setup_parents,
+     .args = {"--parents", "-t", "o", "s/a/y", "s/c/z"})
+CASE(parents_needs_a_folder, .setup = setup_parents, .args = {"--parents", "s/a/y", "newfile"})
+CASE(parents_missing_source, .setup = setup_parents,
+     .args = {"--parents", "nope/x", "s/a/nope", "s/a/y", "o"})
+CASE(parents_file_in_the_way, .setup = setup_parents, .args = {"--parents", "s/a/y", "oclash"})
+CASE(strip_trailing_slashes, .setup = setup_parents,
+     .args = {"-r", "--strip-trailing-slashes", "-v", "sl/", "s/c/", "o"})
+CASE(trailing_slash_follows_symlink, .setup = setup_parents, .args = {"-r", "-v", "sl/", "o"})

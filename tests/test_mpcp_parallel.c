@@ -217,6 +217,58 @@ Test(mpcp_parallel, operands_into_a_folder_with_links_across_them, .init = setup
     compare_with("cp", "mp");
 }
 
+/*
+ * A shell glob: 600 file operands of two folders (more than two batches of
+ * operands), hard links among them and to a later folder operand; -v lines,
+ * tree and status are cp's.
+ */
+Test(mpcp_parallel, many_file_operands_like_a_glob, .init = setup_work, .fini = teardown_work,
+     .timeout = 60)
+{
+    int a = sub_dir(wfd, "a", 0755), b = sub_dir(wfd, "b", 0755);
+    static char names[600][16];
+    for (int i = 0; i < 599; i++) {
+        snprintf(names[i], sizeof names[i], "%s/f%03d", i < 400 ? "a" : "b", i);
+        write_sized(i < 400 ? a : b, names[i] + 2, 10 + (size_t)i, i % 2 ? 0644 : 0600);
+    }
+    snprintf(names[599], sizeof names[599], "b/f599");
+    must(linkat(a, "f003", b, "f599", 0), "link", "f599");
+    close(a);
+    close(b);
+    int d = sub_dir(wfd, "d", 0755);
+    must(linkat(wfd, "a/f010", d, "inner", 0), "link", "inner");
+    close(d);
+    close(sub_dir(wfd, "cp", 0755));
+    close(sub_dir(wfd, "mp", 0755));
+    static const char *cp_argv[620], *mp_argv[620];
+    int n = 0, m = 0;
+    cp_argv[n++] = "cp";
+    cp_argv[n++] = "-av";
+    mp_argv[m++] = MPROC_MPCP_PATH;
+    mp_argv[m++] = "-av";
+    mp_argv[m++] = "-j";
+    mp_argv[m++] = "4";
+    for (int i = 0; i < 600; i++)
+        cp_argv[n++] = mp_argv[m++] = names[i];
+    cp_argv[n++] = mp_argv[m++] = "d";
+    cp_argv[n++] = "cp";
+    mp_argv[m++] = "mp";
+    static struct run_result rc, rm;
+    run_in(work, false, cp_argv, &rc);
+    run_in(work, false, mp_argv, &rm);
+    cr_assert_eq(rm.status, rc.status, "cp %d: %s\nmpcp %d: %s", rc.status, rc.err, rm.status,
+                 rm.err);
+    cr_assert_str_eq(rm.err, rc.err);
+    size_t lines_cp = 0, lines_mp = 0;
+    for (const char *c = rc.out; *c; c++)
+        lines_cp += *c == '\n';
+    for (const char *c = rm.out; *c; c++)
+        lines_mp += *c == '\n';
+    cr_assert_eq(lines_mp, lines_cp, "-v lines: cp %zu, mpcp %zu", lines_cp, lines_mp);
+    cr_assert(strstr(rm.out, "'b/f599' -> 'mp/f599'\n") != NULL, "%s", rm.out);
+    compare_with("cp", "mp");
+}
+
 /* ---- processes ---- */
 
 /* The children of pid, from /proc. */
@@ -351,13 +403,20 @@ static void feed(int fd, size_t bytes)
         cr_assert_eq(write(fd, chunk, sizeof chunk), (ssize_t)sizeof chunk);
 }
 
-/* The copy of "slow" (a fifo read as a file) and "a" into o, by workers. */
+/*
+ * The copy of "slow" (a fifo read as a file) and "other/a" into o, by
+ * workers: operands of two folders, so two tasks (file operands of one
+ * folder share one).
+ */
 static pid_t start_slow_copy(int *writer, const char *jobs, bool no_retry)
 {
     must(mkfifoat(wfd, "slow", 0644), "mkfifo", "slow");
-    write_sized(wfd, "a", 5000, 0644);
+    int other = sub_dir(wfd, "other", 0755);
+    write_sized(other, "a", 5000, 0644);
+    close(other);
     close(sub_dir(wfd, "o", 0755));
-    pid_t pid = start_mpcp((const char *const[]){"-j", jobs, "slow", "a", "o", NULL}, no_retry);
+    pid_t pid =
+        start_mpcp((const char *const[]){"-j", jobs, "slow", "other/a", "o", NULL}, no_retry);
     *writer = openat(wfd, "slow", O_WRONLY | O_CLOEXEC);
     must(*writer, "open", "slow");
     feed(*writer, 1 << 20);
@@ -367,7 +426,7 @@ static pid_t start_slow_copy(int *writer, const char *jobs, bool no_retry)
 static void rerun_finishes(int o)
 {
     struct run_result r;
-    run(&r, (const char *const[]){"-u", "a", "o", NULL});
+    run(&r, (const char *const[]){"-u", "other/a", "o", NULL});
     cr_assert_eq(r.status, 0, "%s", r.err);
     cr_assert_eq(count_temporaries(o), 0, "the rerun left a temporary");
 }

@@ -303,20 +303,27 @@ struct ectx {
     bool anon;          /* ...as an O_TMPFILE, linked in by commit_anon() */
     mode_t made_mode;   /* ...with this final mode; 0: owner-only, metadata to come */
     signed char xattrs; /* the source's: -1 unknown, 0 none (already listed) */
+    bool backup_due;    /* -b: the existing destination is backed up as the new one goes in */
+    char backup[NAME_MAX + 1];
     struct mpcp_result_entry *r;
     char src_q[PATH_MAX * 2], dst_q[PATH_MAX * 2];
     char msg[PATH_MAX * 5];
 };
 
+/* An entry's name as cp has it: its folder's as typed joined with its own (snprintf's return). */
+static int join_name(char *path, size_t size, const char *dir, const char *name, bool top)
+{
+    if (top)
+        return snprintf(path, size, "%s", dir);
+    if (!*dir)
+        return snprintf(path, size, "%s", name);
+    return snprintf(path, size, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", name);
+}
+
 static void display(char *out, size_t size, const char *dir, const char *name, bool top)
 {
     char path[PATH_MAX * 2];
-    if (top)
-        snprintf(path, sizeof path, "%s", dir);
-    else if (!*dir)
-        snprintf(path, sizeof path, "%s", name);
-    else
-        snprintf(path, sizeof path, "%s%s%s", dir, dir[strlen(dir) - 1] == '/' ? "" : "/", name);
+    join_name(path, sizeof path, dir, name, top);
     mpcp_quote(out, size, path);
 }
 
@@ -366,6 +373,30 @@ static bool dst_newer_or_same(const struct mpcp_entry *e, const struct stat *d)
 
 enum { GO, STOP_HERE, THROUGH_LINK };
 
+static bool same_name(struct ectx *x);
+
+/* -b and --remove-destination replace the name: a symlink there is not written through. */
+static bool replaces_name(const struct mpcp_opts *opt)
+{
+    return opt->backup != MPCP_BACKUP_NONE || opt->remove_dest;
+}
+
+/*
+ * cp lets -b and --remove-destination replace another name of the source
+ * (a hard link of it): that name is moved aside or removed and the source
+ * stays. Not the source's own name, and not, following symlinks, the file
+ * a source symlink points to: the symlink would be left dangling.
+ */
+static bool other_name_ok(struct ectx *x)
+{
+    if (!replaces_name(x->opt) || same_name(x))
+        return false;
+    if (!(x->e->flags & MPCP_E_FOLLOW))
+        return true;
+    struct stat s;
+    return fstatat(x->sfd, x->e->name, &s, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISLNK(s.st_mode);
+}
+
 /*
  * What to do with an existing destination, as cp decides it. Returns GO,
  * STOP_HERE (failed or skipped, already recorded) or THROUGH_LINK (the
@@ -393,11 +424,11 @@ static int check_existing(struct ectx *x, const struct stat *d)
     }
     if (e->type != MPCP_T_REG)
         return GO;
-    if (d->st_dev == e->dev && d->st_ino == e->ino) {
+    if (d->st_dev == e->dev && d->st_ino == e->ino && !other_name_ok(x)) {
         fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
         return STOP_HERE;
     }
-    if (!S_ISLNK(d->st_mode))
+    if (!S_ISLNK(d->st_mode) || replaces_name(opt))
         return GO;
     struct stat t;
     if (fstatat(x->dfd, e->dst_name, &t, 0) < 0) {
@@ -416,6 +447,48 @@ static int check_existing(struct ectx *x, const struct stat *d)
         return STOP_HERE;
     }
     return THROUGH_LINK;
+}
+
+/*
+ * An existing destination about to be replaced: -b backs it up when the
+ * new file goes in (back_up); --remove-destination replaces it, and cp -v
+ * says "removed" then.
+ */
+static void note_replacement(struct ectx *x)
+{
+    if (x->opt->backup != MPCP_BACKUP_NONE)
+        x->backup_due = true;
+    else if (x->opt->remove_dest)
+        x->r->flags |= MPCP_R_REPLACED;
+}
+
+static bool is_root(void);
+static uid_t my_uid(void);
+static const struct stat *dir_stat(struct ectx *x);
+
+/*
+ * -b and --remove-destination: cp moves the old file away or unlinks it
+ * before anything else, so where the folder forbids that (not writable, or
+ * sticky and neither the file nor the folder ours) it fails with "cannot
+ * backup" or "cannot remove" and copies nothing. The renames here need the
+ * same rights: they are checked first, so that the failure is cp's.
+ * Records it.
+ */
+static bool removable(struct ectx *x, const struct stat *d)
+{
+    if (is_root())
+        return true;
+    int err = 0;
+    const struct stat *dir = dir_stat(x);
+    if (faccessat(x->dfd, ".", W_OK | X_OK, AT_EACCESS) < 0)
+        err = errno;
+    else if (dir && (dir->st_mode & S_ISVTX) && d->st_uid != my_uid() && dir->st_uid != my_uid())
+        err = EPERM;
+    if (!err)
+        return true;
+    bool backup = x->opt->backup != MPCP_BACKUP_NONE;
+    fail(x, err, backup ? "cannot backup %s" : "cannot remove %s", dst_q(x), NULL);
+    return false;
 }
 
 /* Stats the destination unless its folder is new. *exists tells. Returns GO or STOP_HERE. */
@@ -440,8 +513,12 @@ static int look_at_dest(struct ectx *x, struct stat *d, bool *exists, bool *thro
         *through = true;
         rc = GO;
     }
-    if (rc == GO)
+    if (rc == GO && replaces_name(x->opt) && !removable(x, d))
+        return STOP_HERE;
+    if (rc == GO) {
         x->r->flags |= MPCP_R_ATTEMPTED;
+        note_replacement(x);
+    }
     return rc;
 }
 
@@ -468,8 +545,86 @@ static int commit(struct ectx *x, const char *tmp)
     return -err;
 }
 
+/* Where the old file cannot get a second name (no hard links there, a full link count, the
+ * protected_hardlinks rule for a file not ours), it is renamed. */
+static bool no_link_here(int rc)
+{
+    return rc == -EPERM || rc == -EMLINK || rc == -EOPNOTSUPP;
+}
+
+/* The old destination gets the backup's name too; a simple backup replaces an older one. */
+static int link_aside(struct ectx *x, unsigned how)
+{
+    const char *name = x->e->dst_name;
+    if (how & MPCP_BACKUP_NOREPLACE)
+        return linkat(x->dfd, name, x->dfd, x->backup, 0) < 0 ? -errno : 0;
+    char tmp[NAME_MAX + 1];
+    mpcp_temp_name(tmp, sizeof tmp, x->backup);
+    if (linkat(x->dfd, name, x->dfd, tmp, 0) < 0)
+        return -errno;
+    int rc = renameat(x->dfd, tmp, x->dfd, x->backup) < 0 ? -errno : 0;
+    /* Also after a rename onto another name of the same file, which leaves tmp. */
+    unlinkat(x->dfd, tmp, 0);
+    return rc;
+}
+
+static int move_aside(struct ectx *x, unsigned how)
+{
+    unsigned flags = (how & MPCP_BACKUP_NOREPLACE) ? RENAME_NOREPLACE : 0;
+    return renameat2(x->dfd, x->e->dst_name, x->dfd, x->backup, flags) < 0 ? -errno : 0;
+}
+
+/*
+ * Backs the existing destination up as cp -b does, but its name is never
+ * missing: cp renames the old file away and then creates the new one; here
+ * the old file gets the backup's name as a hard link just before the
+ * complete new file is renamed over its name, so that at every moment the
+ * name holds the old file or the new one, whole, and a copy that fails
+ * leaves the old file and no backup. The tree is cp's: the backup is the
+ * old inode (other hard links to it stay with it), the name a new file.
+ * Where no hard link can be made the old file is renamed (a moment
+ * without the name); so it is for --inplace (by_rename), which writes the
+ * name itself. A numbered backup never replaces a file: if another took
+ * its number meanwhile, the folder is scanned again, as cp does. Returns 0
+ * or -1 (recorded: cp's "cannot backup").
+ */
+static int back_up(struct ectx *x, bool by_rename)
+{
+    x->backup_due = false;
+    int rc = -EEXIST;
+    for (int tries = 0; tries < 100 && rc == -EEXIST; tries++) {
+        unsigned how = 0;
+        rc = mpcp_backup_name(x->dfd, x->e->dst_name, x->opt, x->backup, sizeof x->backup, &how);
+        /* A suffix may end in '/' (-S 'x/'): no file but a folder goes by such a name. */
+        if (rc == 0 && strchr(x->backup, '/'))
+            rc = -ENOTDIR;
+        if (rc == 0 && !by_rename)
+            rc = link_aside(x, how);
+        if (rc == 0 && !by_rename)
+            break;
+        if (by_rename || no_link_here(rc))
+            rc = move_aside(x, how);
+        if (rc == -EEXIST && !(how & MPCP_BACKUP_RESCAN))
+            break;
+    }
+    if (rc == 0) {
+        x->r->backup = x->backup;
+        x->r->flags &= ~MPCP_R_REPLACED; /* cp -v names the backup instead */
+        return 0;
+    }
+    if (rc == -ENOENT)
+        return 0; /* gone meanwhile: nothing to back up, as with cp */
+    x->r->flags &= ~MPCP_R_ATTEMPTED;
+    fail(x, -rc, "cannot backup %s", dst_q(x), NULL);
+    return -1;
+}
+
 static void commit_or_fail(struct ectx *x, const char *tmp, const char *what)
 {
+    if (x->backup_due && back_up(x, false) < 0) {
+        unlinkat(x->dfd, tmp, 0);
+        return;
+    }
     int rc = commit(x, tmp);
     if (rc == 0)
         return;
@@ -828,7 +983,8 @@ static void data_failed(struct ectx *x, int err, int side)
 static int writable_check(struct ectx *x, bool exists, const struct stat *d, bool *forced_new)
 {
     *forced_new = false;
-    if (!exists || is_root() || S_ISLNK(d->st_mode))
+    /* A name that is backed up or removed first needs no write permission on its file. */
+    if (!exists || is_root() || S_ISLNK(d->st_mode) || x->backup_due || x->opt->remove_dest)
         return GO;
     if (faccessat(x->dfd, x->e->dst_name, W_OK, AT_EACCESS) == 0)
         return GO;
@@ -884,6 +1040,17 @@ static void commit_anon(struct ectx *x, int fd, int rc)
         fail(x, errno, "failed to close %s", dst_q(x), NULL);
 }
 
+/* --inplace writes the name itself: the old file leaves it first (backed up, or removed). */
+static int clear_in_place(struct ectx *x)
+{
+    if (x->backup_due)
+        return back_up(x, true);
+    if (unlinkat(x->dfd, x->e->dst_name, 0) == 0)
+        return 0;
+    fail(x, errno, "cannot remove %s", dst_q(x), NULL);
+    return -1;
+}
+
 static void exec_reg(struct ectx *x)
 {
     struct stat d;
@@ -891,12 +1058,14 @@ static void exec_reg(struct ectx *x)
     if (look_at_dest(x, &d, &exists, &through) != GO ||
         writable_check(x, exists, &d, &forced_new) != GO)
         return;
-    if (forced_new && x->opt->inplace && unlinkat(x->dfd, x->e->dst_name, 0) < 0) {
-        fail(x, errno, "cannot remove %s", dst_q(x), NULL);
+    /* Backed up or removed first, the old file leaves: the new one is a new file, as with cp. */
+    bool renew = forced_new || (exists && (x->backup_due || x->opt->remove_dest));
+    if (renew && x->opt->inplace && clear_in_place(x) < 0)
         return;
-    }
-    if (forced_new)
+    if (renew)
         exists = false;
+    if (forced_new)
+        x->r->flags |= MPCP_R_REPLACED; /* cp -f removed it: -v says so */
     int sfd = open_source(x);
     if (sfd < 0)
         return;
@@ -1097,6 +1266,265 @@ static void exec_special(struct ectx *x)
     commit_or_fail(x, tmp, what);
 }
 
+/* ---- -l and -s: links instead of copies ---- */
+
+static bool same_inode(const struct mpcp_entry *e, const struct stat *d)
+{
+    return d->st_dev == e->dev && d->st_ino == e->ino;
+}
+
+/* Whether the source, a symlink (-P), points to the inode d. */
+static bool source_points_to(struct ectx *x, const struct stat *d)
+{
+    struct stat t;
+    return fstatat(x->sfd, x->e->name, &t, 0) == 0 && t.st_dev == d->st_dev &&
+           t.st_ino == d->st_ino;
+}
+
+/* Whether the destination is the source's own name (same folder, same name). */
+static bool same_name(struct ectx *x)
+{
+    const struct stat *d = dir_stat(x);
+    struct stat s;
+    return d && strcmp(x->e->name, x->e->dst_name) == 0 && fstat(x->sfd, &s) == 0 &&
+           s.st_dev == d->st_dev && s.st_ino == d->st_ino;
+}
+
+/*
+ * cp's same-file rules when it links onto an existing d. -l: a name of the
+ * source already (or, with -P, of what the source symlink points to) is
+ * left as it is, silently. -s: a symlink onto the file it would point to
+ * is refused; a symlink that is already another name of the source symlink
+ * (-P) is left as it is. Returns GO or STOP_HERE.
+ */
+static int link_same_file(struct ectx *x, const struct stat *d)
+{
+    const struct mpcp_entry *e = x->e;
+    bool never = x->opt->deref == MPCP_DEREF_NEVER;
+    bool src_link = S_ISLNK(e->mode), dst_link = S_ISLNK(d->st_mode);
+    bool same;
+    if (x->opt->hard_link) {
+        same = same_inode(e, d) || (never && src_link && !dst_link && source_points_to(x, d));
+        if (same)
+            skip(x);
+        return same ? STOP_HERE : GO;
+    }
+    if (dst_link && never && src_link && same_name(x)) {
+        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
+        return STOP_HERE;
+    }
+    if (dst_link) {
+        same = never && src_link && same_inode(e, d);
+        if (same)
+            skip(x);
+        return same ? STOP_HERE : GO;
+    }
+    same = never && src_link ? source_points_to(x, d) : same_inode(e, d);
+    if (!same || other_name_ok(x))
+        return GO;
+    fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
+    return STOP_HERE;
+}
+
+/* cp's checks of an existing destination before it links, in its order. */
+static int check_link_dest(struct ectx *x, const struct stat *d)
+{
+    const struct mpcp_opts *opt = x->opt;
+    if (opt->update == MPCP_UPDATE_NONE) {
+        skip(x);
+        return STOP_HERE;
+    }
+    if (opt->update == MPCP_UPDATE_NONE_FAIL) {
+        fail(x, 0, "not replacing %s", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    if (link_same_file(x, d) != GO)
+        return STOP_HERE;
+    if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(x->e, d)) {
+        skip(x);
+        return STOP_HERE;
+    }
+    if (S_ISDIR(d->st_mode)) {
+        fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    return GO;
+}
+
+/* Stats the destination, not through a symlink (a link replaces one), unless its folder is new. */
+static int look_at_link_dest(struct ectx *x, struct stat *d, bool *exists)
+{
+    *exists = false;
+    if (!(x->e->flags & MPCP_E_DEST_NEW)) {
+        if (fstatat(x->dfd, x->e->dst_name, d, AT_SYMLINK_NOFOLLOW) == 0) {
+            *exists = true;
+        } else if (errno != ENOENT) {
+            fail(x, errno, "cannot stat %s", dst_q(x), NULL);
+            return STOP_HERE;
+        }
+    }
+    if (*exists && check_link_dest(x, d) != GO)
+        return STOP_HERE;
+    x->r->flags |= MPCP_R_ATTEMPTED;
+    return GO;
+}
+
+/*
+ * Where cp removes an existing destination before it links, and -v says
+ * "removed": another name of a linked file (--preserve=links), or under -P
+ * a source that is not a regular file.
+ */
+static bool removed_first(const struct ectx *x, const struct stat *d)
+{
+    return (x->opt->p_links && d->st_nlink > 1) ||
+           (x->opt->deref == MPCP_DEREF_NEVER && !S_ISREG(x->e->mode));
+}
+
+static const char *link_failure(const struct ectx *x)
+{
+    return x->opt->symbolic_link ? "cannot create symbolic link %s to %s"
+                                 : "cannot create hard link %s to %s";
+}
+
+/*
+ * -s: the symlink's text, the source's name as typed, joined as cp joins
+ * it. A relative one means something else from any folder but the working
+ * one, which cp refuses; the planner tells which folders those are
+ * (MPCP_TASK_AWAY), so the answer does not depend on a worker's own
+ * working folder. Returns 0 or -1 (recorded).
+ */
+static int link_text(struct ectx *x, char *buf, size_t size)
+{
+    const struct mpcp_task *t = x->task;
+    bool top = t->flags & MPCP_TASK_TOP;
+    int n = join_name(buf, size, t->src_disp, x->e->name, top);
+    if (n < 0 || (size_t)n >= size) {
+        fail(x, ENAMETOOLONG, link_failure(x), dst_q(x), src_q(x));
+        return -1;
+    }
+    if (buf[0] == '/' || !(t->flags & MPCP_TASK_AWAY))
+        return 0;
+    char path[PATH_MAX * 2], q[PATH_MAX * 2];
+    join_name(path, sizeof path, t->dst_disp, x->e->dst_name, top);
+    mpcp_quote_if_needed(q, sizeof q, path);
+    fail(x, 0, "%s: can make relative symbolic links only in current directory", q, NULL);
+    return -1;
+}
+
+/* Makes name a hard link to the source (text NULL) or a symlink to text. Returns 0 or -errno. */
+static int make_link(struct ectx *x, const char *text, const char *name)
+{
+    int rc;
+    if (text)
+        rc = symlinkat(text, x->dfd, name);
+    else
+        rc = linkat(x->sfd, x->e->name, x->dfd, name,
+                    (x->e->flags & MPCP_E_FOLLOW) ? AT_SYMLINK_FOLLOW : 0);
+    return rc < 0 ? -errno : 0;
+}
+
+/* cp -as gives the symlinks their source's times (never an owner: cp leaves that as made). */
+static int link_times(struct ectx *x, const char *text, const char *name)
+{
+    if (!text || !x->opt->p_time)
+        return 0;
+    const struct mpcp_entry *e = x->e;
+    struct timespec ts[2] = {{e->atime_sec, e->atime_nsec}, {e->mtime_sec, e->mtime_nsec}};
+    if (utimensat(x->dfd, name, ts, AT_SYMLINK_NOFOLLOW) == 0)
+        return 0;
+    fail(x, errno, "preserving times for %s", dst_q(x), NULL);
+    return -1;
+}
+
+/* A task run again after its worker died finds the links it made before. */
+static bool made_before(struct ectx *x, const char *text)
+{
+    if (!(x->e->flags & MPCP_E_DEST_NEW))
+        return false;
+    struct stat d;
+    if (!text)
+        return fstatat(x->dfd, x->e->dst_name, &d, AT_SYMLINK_NOFOLLOW) == 0 &&
+               same_inode(x->e, &d);
+    char now[PATH_MAX * 2];
+    ssize_t n = readlinkat(x->dfd, x->e->dst_name, now, sizeof now);
+    return n >= 0 && (size_t)n == strlen(text) && memcmp(now, text, (size_t)n) == 0;
+}
+
+/*
+ * Replaces the existing destination as cp's force_linkat does: the link
+ * under a temporary name, renamed over the old file, which stays whole
+ * until then (and on any failure).
+ */
+static void replace_with_link(struct ectx *x, const char *text)
+{
+    char tmp[NAME_MAX + 1];
+    mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
+    int rc = make_link(x, text, tmp);
+    if (rc < 0) {
+        fail(x, -rc, link_failure(x), dst_q(x), src_q(x));
+        return;
+    }
+    if (link_times(x, text, tmp) < 0 || (x->backup_due && back_up(x, false) < 0)) {
+        unlinkat(x->dfd, tmp, 0);
+        return;
+    }
+    if (renameat(x->dfd, tmp, x->dfd, x->e->dst_name) < 0) {
+        fail(x, errno, link_failure(x), dst_q(x), src_q(x));
+        unlinkat(x->dfd, tmp, 0);
+        return;
+    }
+    /* A rename between two names of one inode does nothing and leaves tmp. */
+    if (!text)
+        unlinkat(x->dfd, tmp, 0);
+}
+
+/*
+ * -l and -s: the entry becomes a hard link to its source, or a symlink to
+ * the source's name as typed, made here (a worker) as a copy would be. A
+ * new name needs no temporary: one call makes it whole. Nothing else is
+ * set on a hard link (it is the source); a symlink gets only its times.
+ */
+static void exec_link(struct ectx *x)
+{
+    struct stat d;
+    bool exists;
+    if (look_at_link_dest(x, &d, &exists) != GO)
+        return;
+    /* -b backs the old file up; else cp removes it first where removed_first() says. */
+    x->backup_due = exists && x->opt->backup != MPCP_BACKUP_NONE;
+    bool removed = exists && !x->backup_due && (x->opt->remove_dest || removed_first(x, &d));
+    if (removed)
+        x->r->flags |= MPCP_R_REPLACED;
+    char buf[PATH_MAX * 2];
+    const char *text = x->opt->symbolic_link ? buf : NULL;
+    if (text && link_text(x, buf, sizeof buf) < 0) {
+        /*
+         * cp removed it before it found that it could not link: so does
+         * the tree. (A backup cp puts back: the old file stays.)
+         */
+        if (removed)
+            unlinkat(x->dfd, x->e->dst_name, 0);
+        return;
+    }
+    if (exists && (removed || x->backup_due || x->opt->force)) {
+        replace_with_link(x, text);
+        return;
+    }
+    int rc = make_link(x, text, x->e->dst_name);
+    bool noreplace = x->opt->update == MPCP_UPDATE_NONE || x->opt->update == MPCP_UPDATE_NONE_FAIL;
+    if (rc == -EEXIST && made_before(x, text))
+        return;
+    if (rc == -EEXIST && noreplace) {
+        skip(x); /* it appeared meanwhile: a no-clobber run leaves it */
+        return;
+    }
+    if (rc < 0) {
+        fail(x, -rc, link_failure(x), dst_q(x), src_q(x));
+        return;
+    }
+    link_times(x, text, x->e->dst_name);
+}
+
 static int open_link_dir(struct ectx *x, const char **base)
 {
     const char *path = x->e->link_target;
@@ -1159,6 +1587,11 @@ static void exec_hardlink(struct ectx *x)
         return;
     }
     x->r->flags |= MPCP_R_ATTEMPTED;
+    /* cp links over an existing name by removing it first, and -v says so; -b keeps it. */
+    if (exists && x->opt->backup != MPCP_BACKUP_NONE)
+        x->backup_due = true;
+    else if (exists)
+        x->r->flags |= MPCP_R_REPLACED;
     char tmp[NAME_MAX + 1];
     mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
     int rc = linkat(tdir, base, x->dfd, tmp, 0);
@@ -1196,6 +1629,15 @@ static void exec_reg_copy(struct ectx *x)
 
 static void exec_entry(struct ectx *x)
 {
+    /*
+     * -l, -s: every kind of file is linked, none copied. Under -s a link
+     * group's later members stay HARDLINK entries: links to the group's
+     * first symlink, as cp -as makes them.
+     */
+    if ((x->opt->hard_link || x->opt->symbolic_link) && x->e->type != MPCP_T_HARDLINK) {
+        exec_link(x);
+        return;
+    }
     /* What opens other descriptors (link folders, ranges) gets the held ones back first. */
     if (x->e->type == MPCP_T_HARDLINK || x->e->type == MPCP_T_CHUNK || x->e->type == MPCP_T_COMMIT)
         close_held();
@@ -1275,7 +1717,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         rc = mpcp_task_decode_entry(task, len, &pos, &e);
         if (rc)
             break;
-        struct mpcp_result_entry r = {MPCP_OK, 0, 0, 0, ""};
+        struct mpcp_result_entry r = {MPCP_OK, 0, 0, 0, "", ""};
         x->opt = options;
         x->task = &t;
         x->e = &e;
@@ -1287,6 +1729,8 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         x->anon = false;
         x->made_mode = 0;
         x->xattrs = -1;
+        x->backup_due = false;
+        x->backup[0] = '\0';
         x->r = &r;
         x->src_q[0] = x->dst_q[0] = '\0';
         if (mpcp_interrupted) {

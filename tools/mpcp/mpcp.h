@@ -20,8 +20,17 @@ enum mpcp_update { MPCP_UPDATE_ALL, MPCP_UPDATE_NONE, MPCP_UPDATE_NONE_FAIL, MPC
 enum mpcp_reflink { MPCP_REFLINK_AUTO, MPCP_REFLINK_ALWAYS, MPCP_REFLINK_NEVER };
 enum mpcp_sparse { MPCP_SPARSE_AUTO, MPCP_SPARSE_ALWAYS, MPCP_SPARSE_NEVER };
 enum mpcp_progress_mode { MPCP_PROGRESS_AUTO, MPCP_PROGRESS_ON, MPCP_PROGRESS_OFF };
+/* cp's version control: none/off, simple/never, existing/nil, numbered/t. */
+enum mpcp_backup {
+    MPCP_BACKUP_NONE,
+    MPCP_BACKUP_SIMPLE,
+    MPCP_BACKUP_EXISTING,
+    MPCP_BACKUP_NUMBERED
+};
 
 struct mpcp_opts {
+    bool hard_link;     /* -l: every non-folder becomes a hard link to its source */
+    bool symbolic_link; /* -s: every non-folder becomes a symlink to its source's name */
     bool recursive;
     int deref; /* enum mpcp_deref, resolved by options_parse() */
     bool p_mode, p_owner, p_time, p_links, p_xattr;
@@ -32,6 +41,11 @@ struct mpcp_opts {
     const char *target_dir;
     int update; /* enum mpcp_update; -n maps to NONE */
     bool force, verbose, one_fs, stats, json, dry_run, quiet, inplace;
+    bool parents;       /* --parents: DIRECTORY/SOURCE as typed, missing folders made */
+    bool strip_slashes; /* --strip-trailing-slashes, on the sources copied into a folder */
+    int backup;         /* enum mpcp_backup: -b, --backup[=CONTROL], -S */
+    const char *suffix; /* of simple backups: -S, SIMPLE_BACKUP_SUFFIX, else "~" */
+    bool remove_dest;   /* --remove-destination: existing files are replaced, never written */
     int reflink, sparse, progress;
     int jobs;
     char **operands;
@@ -46,6 +60,8 @@ int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv);
 
 /* Appends cp's shell-escape-always quoting of name to buf (at most size-1 bytes). */
 size_t mpcp_quote(char *buf, size_t size, const char *name);
+/* The same, but a name that the shell would read as it is stays bare (cp's quotef). */
+size_t mpcp_quote_if_needed(char *buf, size_t size, const char *name);
 
 /*
  * Writes tmpl to out with its first and second "%s" replaced by a and b (no
@@ -168,6 +184,7 @@ enum mpcp_entry_type {
 /* Task flags. */
 #define MPCP_TASK_TOP    0x1u /* the entry is an operand: display paths are the dir strings */
 #define MPCP_TASK_FOLLOW 0x2u /* resolve src_dir following symlinks (-L, -H) */
+#define MPCP_TASK_AWAY   0x4u /* -s: dst_dir is not the working folder (relative links refused) */
 
 struct mpcp_entry {
     uint8_t type;
@@ -226,7 +243,8 @@ struct mpcp_result_entry {
     uint8_t flags;
     int32_t err; /* errno of the failure, 0 if none */
     uint64_t bytes;
-    const char *msg; /* full diagnostic line without the "mpcp: " prefix; "" if none */
+    const char *msg;    /* full diagnostic line without the "mpcp: " prefix; "" if none */
+    const char *backup; /* the old destination's backup, a name in its folder; "" or NULL if none */
 };
 
 int mpcp_result_begin(struct mpcp_buf *b);
@@ -364,6 +382,51 @@ void mpcp_cluster_end(void);
  * or with an exit status when it cannot.
  */
 int mpcp_cluster_exec(char **argv);
+
+/* ---- --parents (parents.c) ---- */
+
+/* Where the planner's messages go: fail() is an error (the run fails), made() a -v line. */
+struct mpcp_reporter {
+    void (*fail)(void *arg, int err, const char *tmpl, const char *name);
+    void (*made)(void *arg, const char *src, const char *dst);
+    void *arg;
+};
+
+struct mpcp_parents;
+int mpcp_parents_new(struct mpcp_parents **out, const struct mpcp_opts *opt);
+void mpcp_parents_free(struct mpcp_parents *ps);
+
+/*
+ * DIRECTORY/SOURCE as cp builds it (a malloc'd string, the caller's):
+ * DIRECTORY without trailing slashes, then SOURCE without them; *arg_off is
+ * where SOURCE starts in it.
+ */
+char *mpcp_parents_dest(const char *target, const char *arg, size_t *arg_off);
+
+/*
+ * Makes the missing folders on the way to dst (cp's modes, a -v line each;
+ * under --dry-run only the lines) and remembers them for
+ * mpcp_parents_protect(). Returns 0, or -1 when the operand must not be
+ * copied (reported through r).
+ */
+int mpcp_parents_make(struct mpcp_parents *ps, const char *dst, size_t arg_off,
+                      const struct mpcp_reporter *r);
+
+/* After every copy is complete: the folders' owners, modes and times, as cp leaves them. */
+void mpcp_parents_protect(struct mpcp_parents *ps, const struct mpcp_reporter *r);
+
+/* ---- backups (backup.c) ---- */
+
+#define MPCP_BACKUP_NOREPLACE 0x1u /* numbered: an existing file of that name is not replaced */
+#define MPCP_BACKUP_RESCAN    0x2u /* ...and if one appeared meanwhile, the next number will do */
+
+/*
+ * The name (in folder dfd) that opt's backup of name gets, as cp 9.1
+ * chooses it, into out; *how gets MPCP_BACKUP_* flags. Numbered backups
+ * scan the folder (each call: cp does so too). Returns 0 or -ENAMETOOLONG.
+ */
+int mpcp_backup_name(int dfd, const char *name, const struct mpcp_opts *opt, char *out, size_t size,
+                     unsigned *how);
 
 /* ---- planner (walk.c) ---- */
 

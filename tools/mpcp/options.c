@@ -24,9 +24,12 @@ static const char help_text[] =
     "\n"
     "Mandatory arguments to long options are mandatory for short options too.\n"
     "  -a, --archive                same as -dR --preserve=all\n"
+    "      --backup[=CONTROL]       make a backup of each existing destination file\n"
+    "  -b                           like --backup but does not accept an argument\n"
     "  -d                           same as --no-dereference --preserve=links\n"
     "  -f, --force                  replace destinations that cannot be written\n"
     "  -H                           follow command-line symbolic links in SOURCE\n"
+    "  -l, --link                   hard link files instead of copying\n"
     "  -L, --dereference            always follow symbolic links in SOURCE\n"
     "  -n, --no-clobber             do not overwrite an existing file\n"
     "  -P, --no-dereference         never follow symbolic links in SOURCE\n"
@@ -36,11 +39,18 @@ static const char help_text[] =
     "                                 also links, xattr, context (refused: no\n"
     "                                 SELinux support), all\n"
     "      --no-preserve=ATTR_LIST  don't preserve the specified attributes\n"
+    "      --parents                use full source file name under DIRECTORY\n"
     "  -R, -r, --recursive          copy directories recursively\n"
     "      --reflink[=WHEN]         control clone/CoW copies: auto (default),\n"
     "                                 always, never\n"
+    "      --remove-destination     remove each existing destination file before\n"
+    "                                 attempting to open it (contrast with --force)\n"
     "      --sparse=WHEN            control creation of sparse files: auto\n"
     "                                 (default), always, never\n"
+    "      --strip-trailing-slashes  remove any trailing slashes from each SOURCE\n"
+    "                                 argument\n"
+    "  -s, --symbolic-link          make symbolic links instead of copying\n"
+    "  -S, --suffix=SUFFIX          override the usual backup suffix\n"
     "  -t, --target-directory=DIRECTORY  copy all SOURCE arguments into DIRECTORY\n"
     "  -T, --no-target-directory    treat DEST as a normal file\n"
     "      --update[=UPDATE]        control which existing files are updated:\n"
@@ -63,6 +73,19 @@ static const char help_text[] =
     "      --help                   display this help and exit\n"
     "      --version                output version information and exit\n"
     "\n"
+    "The backup suffix is '~', unless set with --suffix or SIMPLE_BACKUP_SUFFIX.\n"
+    "The version control method may be selected via the --backup option or through\n"
+    "the VERSION_CONTROL environment variable.  Here are the values:\n"
+    "\n"
+    "  none, off       never make backups (even if --backup is given)\n"
+    "  numbered, t     make numbered backups\n"
+    "  existing, nil   numbered if numbered backups exist, simple otherwise\n"
+    "  simple, never   always make simple backups\n"
+    "\n"
+    "As a special case, mpcp makes a backup of SOURCE when the force and backup\n"
+    "options are given and SOURCE and DEST are the same name for an existing,\n"
+    "regular file.\n"
+    "\n"
     "Exit status: 0 if everything was copied, 1 otherwise.\n";
 
 enum {
@@ -77,21 +100,32 @@ enum {
     OPT_JSON,
     OPT_DRY_RUN,
     OPT_INPLACE,
+    OPT_PARENTS,
+    OPT_STRIP_SLASHES,
+    OPT_BACKUP,
+    OPT_REMOVE_DEST,
     OPT_HELP,
     OPT_VERSION,
 };
 
 static const struct option long_options[] = {
     {"archive", no_argument, NULL, 'a'},
+    {"backup", optional_argument, NULL, OPT_BACKUP},
     {"force", no_argument, NULL, 'f'},
+    {"link", no_argument, NULL, 'l'},
     {"dereference", no_argument, NULL, 'L'},
     {"no-clobber", no_argument, NULL, 'n'},
     {"no-dereference", no_argument, NULL, 'P'},
     {"preserve", optional_argument, NULL, OPT_PRESERVE},
     {"no-preserve", required_argument, NULL, OPT_NO_PRESERVE},
+    {"parents", no_argument, NULL, OPT_PARENTS},
     {"recursive", no_argument, NULL, 'R'},
     {"reflink", optional_argument, NULL, OPT_REFLINK},
+    {"remove-destination", no_argument, NULL, OPT_REMOVE_DEST},
     {"sparse", required_argument, NULL, OPT_SPARSE},
+    {"strip-trailing-slashes", no_argument, NULL, OPT_STRIP_SLASHES},
+    {"symbolic-link", no_argument, NULL, 's'},
+    {"suffix", required_argument, NULL, 'S'},
     {"target-directory", required_argument, NULL, 't'},
     {"no-target-directory", no_argument, NULL, 'T'},
     {"update", optional_argument, NULL, OPT_UPDATE},
@@ -132,6 +166,96 @@ static int match(const char *value, const char *const *list)
     for (int i = 0; list[i]; i++)
         if (strcmp(value, list[i]) == 0)
             return i;
+    return -1;
+}
+
+/*
+ * What -b, --backup and -S gave: resolved after the loop, as cp does, so
+ * that the last CONTROL wins whatever the order, and -n is refused with any.
+ */
+static struct {
+    bool wanted;
+    const char *control; /* --backup=CONTROL; NULL or "": VERSION_CONTROL, else existing */
+    const char *suffix;  /* -S; NULL: SIMPLE_BACKUP_SUFFIX, else "~" */
+    bool no_clobber;     /* -n */
+} backup_args;
+
+/* In cp's order: its message groups the words of one meaning. */
+static const char *const backup_words[] = {"none", "off",      "simple", "never", "existing",
+                                           "nil",  "numbered", "t",      NULL};
+static const int backup_types[] = {MPCP_BACKUP_NONE,     MPCP_BACKUP_NONE,     MPCP_BACKUP_SIMPLE,
+                                   MPCP_BACKUP_SIMPLE,   MPCP_BACKUP_EXISTING, MPCP_BACKUP_EXISTING,
+                                   MPCP_BACKUP_NUMBERED, MPCP_BACKUP_NUMBERED};
+
+/* cp's argmatch: a word, or a prefix of words of one meaning. -1: invalid, -2: ambiguous. */
+static int match_backup(const char *value)
+{
+    int exact = match(value, backup_words);
+    if (exact >= 0)
+        return backup_types[exact];
+    size_t len = strlen(value);
+    int found = -1;
+    for (int i = 0; backup_words[i]; i++) {
+        if (strncmp(value, backup_words[i], len) != 0)
+            continue;
+        if (found >= 0 && backup_types[i] != found)
+            return -2;
+        found = backup_types[i];
+    }
+    return found;
+}
+
+static int backup_type_error(const char *value, const char *context, bool ambiguous)
+{
+    fprintf(stderr, "mpcp: %s argument \u2018%s\u2019 for \u2018%s\u2019\n",
+            ambiguous ? "ambiguous" : "invalid", value, context);
+    fputs("Valid arguments are:", stderr);
+    for (int i = 0; backup_words[i]; i++) {
+        if (i > 0 && backup_types[i] == backup_types[i - 1])
+            fprintf(stderr, ", \u2018%s\u2019", backup_words[i]);
+        else
+            fprintf(stderr, "\n  - \u2018%s\u2019", backup_words[i]);
+    }
+    fputc('\n', stderr);
+    return usage_error();
+}
+
+/* gnulib's rule: a suffix must be its own last name component ("a/" is, "/x" and "a/b" not). */
+static bool suffix_ok(const char *s)
+{
+    if (!s || !*s || *s == '/')
+        return false;
+    const char *slash = strchr(s, '/');
+    return !slash || slash[strspn(slash, "/")] == '\0';
+}
+
+/* After the loop: the backup type and suffix. Returns -1 to go on, or an exit status. */
+static int resolve_backup(struct mpcp_opts *opt)
+{
+    opt->backup = MPCP_BACKUP_NONE;
+    if (!backup_args.wanted)
+        return -1;
+    if (backup_args.no_clobber) {
+        fputs("mpcp: options --backup and --no-clobber are mutually exclusive\n", stderr);
+        return usage_error();
+    }
+    const char *value = backup_args.control;
+    const char *context = "backup type";
+    if (!value || !*value) {
+        value = getenv("VERSION_CONTROL");
+        context = "$VERSION_CONTROL";
+    }
+    opt->backup = MPCP_BACKUP_EXISTING;
+    if (value && *value) {
+        int type = match_backup(value);
+        if (type < 0)
+            return backup_type_error(value, context, type == -2);
+        opt->backup = type;
+    }
+    const char *suffix = backup_args.suffix;
+    if (!suffix)
+        suffix = getenv("SIMPLE_BACKUP_SUFFIX");
+    opt->suffix = suffix_ok(suffix) ? suffix : "~";
     return -1;
 }
 
@@ -265,6 +389,19 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
     case OPT_INPLACE:
         opt->inplace = true;
         return -1;
+    case OPT_PARENTS:
+        opt->parents = true;
+        return -1;
+    case OPT_STRIP_SLASHES:
+        opt->strip_slashes = true;
+        return -1;
+    case OPT_BACKUP:
+        backup_args.wanted = true;
+        backup_args.control = arg;
+        return -1;
+    case OPT_REMOVE_DEST:
+        opt->remove_dest = true;
+        return -1;
     case OPT_HELP:
         fputs(help_text, stdout);
         return 0;
@@ -282,6 +419,13 @@ static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
     case 'a':
         set_archive(opt);
         return -1;
+    case 'b':
+        backup_args.wanted = true;
+        return -1;
+    case 'S':
+        backup_args.wanted = true;
+        backup_args.suffix = arg;
+        return -1;
     case 'd':
         opt->deref = MPCP_DEREF_NEVER;
         opt->p_links = true;
@@ -292,11 +436,15 @@ static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
     case 'H':
         opt->deref = MPCP_DEREF_CMDLINE;
         return -1;
+    case 'l':
+        opt->hard_link = true;
+        return -1;
     case 'L':
         opt->deref = MPCP_DEREF_ALWAYS;
         return -1;
     case 'n':
         opt->update = MPCP_UPDATE_NONE;
+        backup_args.no_clobber = true;
         return -1;
     case 'P':
         opt->deref = MPCP_DEREF_NEVER;
@@ -308,6 +456,9 @@ static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
     case 'r':
     case 'R':
         opt->recursive = true;
+        return -1;
+    case 's':
+        opt->symbolic_link = true;
         return -1;
     case 't':
         if (opt->target_dir) {
@@ -371,19 +522,28 @@ static int check_operands(struct mpcp_opts *opt)
 int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv)
 {
     memset(opt, 0, sizeof *opt);
+    memset(&backup_args, 0, sizeof backup_args);
     opt->jobs = 0;
     /* getopt names the program by argv[0]; cp's messages say "cp:", ours "mpcp:". */
     argv[0] = (char *)"mpcp";
     int c;
-    while ((c = getopt_long(argc, argv, "adfHLnPpRrt:Tuvxj:q", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "abdfHlLnPpRrsS:t:Tuvxj:q", long_options, NULL)) != -1) {
         int rc = parse_short(opt, c, optarg);
         if (rc >= 0)
             return rc;
     }
+    if (opt->hard_link && opt->symbolic_link) {
+        fputs("mpcp: cannot make both hard and symbolic links\n", stderr);
+        return usage_error();
+    }
+    int rc = resolve_backup(opt);
+    if (rc >= 0)
+        return rc;
     opt->operands = argv + optind;
     opt->n_operands = argc - optind;
+    /* As cp: -r alone copies symlinks, -rl links what they point to. */
     if (opt->deref == MPCP_DEREF_UNSET)
-        opt->deref = opt->recursive ? MPCP_DEREF_NEVER : MPCP_DEREF_ALWAYS;
+        opt->deref = opt->recursive && !opt->hard_link ? MPCP_DEREF_NEVER : MPCP_DEREF_ALWAYS;
     if (opt->jobs == 0 && mproc_cpu_count(&opt->jobs) < 0)
         opt->jobs = 1;
     mode_t old = umask(0);

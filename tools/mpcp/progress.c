@@ -45,7 +45,8 @@ static double now(void)
 static void count_file(struct mpcp_progress *p, const struct stat *st)
 {
     atomic_fetch_add(&p->files_total, 1);
-    if (S_ISREG(st->st_mode))
+    /* Links (-l, -s) move no data: the bar counts files then. */
+    if (S_ISREG(st->st_mode) && !p->opt->hard_link && !p->opt->symbolic_link)
         atomic_fetch_add(&p->bytes_total, (uint64_t)st->st_size);
 }
 

@@ -149,6 +149,38 @@ size_t mpcp_quote(char *buf, size_t size, const char *name)
     return o.len;
 }
 
+/*
+ * Whether cp's quotef() leaves name bare: printable, and none of the
+ * characters a shell (or a "file: message" line, hence ':') would read
+ * otherwise; '#' and '~' only at the start, '{' and '}' only alone.
+ */
+static bool bare_ok(const char *name)
+{
+    size_t len = strlen(name);
+    if (len == 0 || name[0] == '#' || name[0] == '~')
+        return false;
+    if (len == 1 && (name[0] == '{' || name[0] == '}'))
+        return false;
+    for (size_t i = 0; i < len;) {
+        size_t n = printable_len(name + i, len - i);
+        if (n == 0 || (n == 1 && strchr(" !\"$&'()*;<=>?[\\^`|:", name[i])))
+            return false;
+        i += n;
+    }
+    return true;
+}
+
+size_t mpcp_quote_if_needed(char *buf, size_t size, const char *name)
+{
+    if (!bare_ok(name))
+        return mpcp_quote(buf, size, name);
+    struct out o = {buf, size, 0};
+    if (size)
+        buf[0] = '\0';
+    puts_(&o, name);
+    return o.len;
+}
+
 void mpcp_format(char *out, size_t size, const char *tmpl, const char *a, const char *b)
 {
     struct out o = {out, size, 0};

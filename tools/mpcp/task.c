@@ -238,6 +238,7 @@ int mpcp_result_add(struct mpcp_buf *b, const struct mpcp_result_entry *res)
     rc = rc ? rc : put_u32(b, (uint32_t)res->err);
     rc = rc ? rc : put_u64(b, res->bytes);
     rc = rc ? rc : put_str(b, res->msg);
+    rc = rc ? rc : put_str(b, res->backup);
     if (rc)
         return rc;
     uint32_t n;
@@ -268,6 +269,7 @@ int mpcp_result_decode_entry(const unsigned char *p, size_t len, size_t *pos,
     res->err = (int32_t)get_u32(&r);
     res->bytes = get_u64(&r);
     res->msg = get_str(&r);
+    res->backup = get_str(&r);
     *pos = r.pos;
     return r.bad ? -EBADMSG : 0;
 }

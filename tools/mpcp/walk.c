@@ -125,7 +125,13 @@ struct planner {
     size_t n_fly, max_fly;
     uint64_t batch_seq; /* number of the batch being built */
     uint64_t batch_dep; /* its hard links need tasks up to this one reported; 0: none */
+    bool batch_away;    /* -s: its folder refuses relative symlinks (MPCP_TASK_AWAY) */
     struct folder *cur_folder, *batch_folder;
+    bool batch_top;     /* the batch is one operand (MPCP_TASK_TOP) */
+    bool ops_open;      /* the batch holds file operands (join_operands) */
+    uint32_t ops_root;  /* ...of this root */
+    struct str ops_src; /* ...whose names as typed start with these */
+    struct str ops_dst;
     /* Listings of the folders the walk comes to next, made by the workers (MPCP_WALK). */
     bool walk_workers;
     struct listing *pre;
@@ -319,12 +325,31 @@ static uint8_t entry_type(mode_t mode, bool recursive)
     return MPCP_T_BLK;
 }
 
+/*
+ * -s with a relative source: whether the destination folder dfd is not the
+ * working folder, where cp refuses the symlinks (they would point
+ * elsewhere). Decided here once per batch, for workers wherever they run;
+ * as with cp, a stat that fails lets it be.
+ */
+static bool away_from_cwd(const struct planner *p, int dfd)
+{
+    if (!p->opt->symbolic_link || !p->src_disp.s || p->src_disp.s[0] == '/')
+        return false;
+    struct stat dot, d;
+    if (stat(".", &dot) < 0 || fstat(dfd, &d) < 0)
+        return false;
+    return dot.st_dev != d.st_dev || dot.st_ino != d.st_ino;
+}
+
 static void begin_batch(struct planner *p, uint32_t flags, int sfd, int dfd)
 {
     struct mpcp_task t = {0};
     t.flags = flags;
     if (p->opt->deref != MPCP_DEREF_NEVER)
         t.flags |= MPCP_TASK_FOLLOW;
+    p->batch_away = away_from_cwd(p, dfd);
+    if (p->batch_away)
+        t.flags |= MPCP_TASK_AWAY;
     t.src_root = t.dst_root = p->root;
     bool top = flags & MPCP_TASK_TOP;
     t.src_dir = top ? "" : p->src_rel.s;
@@ -337,13 +362,28 @@ static void begin_batch(struct planner *p, uint32_t flags, int sfd, int dfd)
     p->batch_sfd = sfd;
     p->batch_dfd = dfd;
     p->batch_folder = top ? NULL : p->cur_folder;
+    p->batch_top = top;
     p->batch_dep = 0;
     p->batch_seq++;
 }
 
+/* Whether the entry's data is copied: -l and -s link every kind of file instead. */
+static bool copies_data(const struct planner *p, const struct mpcp_entry *e)
+{
+    return e->type == MPCP_T_REG && !p->opt->hard_link && !p->opt->symbolic_link;
+}
+
+/* What the entry became: -l makes hard links, -s symlinks (and links to a group's first). */
+static uint8_t made_type(const struct planner *p, const struct mpcp_entry *e)
+{
+    if (e->type == MPCP_T_HARDLINK || p->opt->hard_link)
+        return MPCP_T_HARDLINK;
+    return p->opt->symbolic_link ? MPCP_T_LNK : e->type;
+}
+
 static void count_ok(struct planner *p, const struct mpcp_entry *e, uint64_t bytes)
 {
-    switch (e->type) {
+    switch (made_type(p, e)) {
     case MPCP_T_REG:
         p->st.files++;
         break;
@@ -381,6 +421,20 @@ static void print_verbose(struct planner *p, const char *src, const char *dst)
     printf("%s -> %s\n", qs, qd);
 }
 
+/* cp -v names the backup the old destination became, in dst's folder: " (backup: 'o/f~')". */
+static void print_backed_up(struct planner *p, const char *src, const char *dst, const char *backup)
+{
+    const char *slash = strrchr(dst, '/');
+    int dir_len = slash ? (int)(slash - dst) + 1 : 0;
+    char path[PATH_MAX * 2], qs[PATH_MAX * 2], qd[PATH_MAX * 2], qb[PATH_MAX * 2];
+    snprintf(path, sizeof path, "%.*s%s", dir_len, dst, backup);
+    mpcp_quote(qs, sizeof qs, src);
+    mpcp_quote(qd, sizeof qd, dst);
+    mpcp_quote(qb, sizeof qb, path);
+    mpcp_progress_clear(p->prog);
+    printf("%s -> %s (backup: %s)\n", qs, qd, qb);
+}
+
 static void forget_leader(struct planner *p, const struct mpcp_entry *e)
 {
     struct link_slot *s = link_find(p, (dev_t)e->dev, (ino_t)e->ino);
@@ -401,7 +455,9 @@ static void print_entry(struct planner *p, const struct mpcp_task *t, const stru
         mpcp_progress_clear(p->prog);
         printf("removed %s\n", q);
     }
-    if (src && dst)
+    if (src && dst && r->backup && r->backup[0])
+        print_backed_up(p, src, dst, r->backup);
+    else if (src && dst)
         print_verbose(p, src, dst);
     free(src);
     free(dst);
@@ -441,7 +497,7 @@ static void handle_result(struct planner *p, const struct mpcp_task *t, const st
     mpcp_progress_add(p->prog, 1, 0);
     if (r->status == MPCP_SKIPPED) {
         p->st.skipped++;
-        mpcp_progress_skip(p->prog, e->type == MPCP_T_REG ? e->size : 0);
+        mpcp_progress_skip(p->prog, copies_data(p, e) ? e->size : 0);
         return;
     }
     if (e->flags & MPCP_E_LEADER)
@@ -481,7 +537,7 @@ static void flush_dry(struct planner *p)
             struct mpcp_entry e;
             if (mpcp_task_decode_entry(p->task.data, p->task.len, &pos, &e))
                 break;
-            struct mpcp_result_entry r = {MPCP_OK, 0, 0, e.type == MPCP_T_REG ? e.size : 0, ""};
+            struct mpcp_result_entry r = {MPCP_OK, 0, 0, copies_data(p, &e) ? e.size : 0, "", ""};
             handle_result(p, &t, &e, &r);
         }
     }
@@ -729,6 +785,12 @@ static void plan_links(struct planner *p, struct mpcp_entry *e, const struct sta
     *to_free = NULL;
     if (!p->opt->p_links || S_ISDIR(st->st_mode) || st->st_nlink < 2)
         return;
+    /*
+     * cp -l links every name to the source itself; cp -s where it refuses
+     * relative symlinks makes no first copy for the others to link to.
+     */
+    if (p->opt->hard_link || p->batch_away)
+        return;
     struct link_slot *s = link_find(p, st->st_dev, st->st_ino);
     if (s && s->path) {
         /* Rule (2): the first copy must exist before the link is made. */
@@ -740,8 +802,9 @@ static void plan_links(struct planner *p, struct mpcp_entry *e, const struct sta
         e->rdev = s->root;
         return;
     }
-    char *path = join(p->dst_rel.s, e->dst_name);
-    char *disp = join(p->dst_disp.s, e->dst_name);
+    /* From the root: an operand's destination is its name there. */
+    char *path = p->batch_top ? strdup(e->dst_name) : join(p->dst_rel.s, e->dst_name);
+    char *disp = p->batch_top ? strdup(p->dst_disp.s) : join(p->dst_disp.s, e->dst_name);
     if (path && disp) {
         if (s) {
             s->path = path;
@@ -775,7 +838,7 @@ static void add_entry(struct planner *p, const char *name, const char *dst_name,
     if (mpcp_task_add(&p->task, &e) < 0)
         say(p, ENOMEM, "cannot plan %s", name, NULL);
     free(to_free);
-    if (e.type == MPCP_T_REG)
+    if (copies_data(p, &e))
         p->batch_bytes += e.size;
 }
 
@@ -784,8 +847,12 @@ static void add_entry(struct planner *p, const char *name, const char *dst_name,
 static bool chunkable(const struct planner *p, const struct stat *st, uint8_t flags)
 {
     const struct mpcp_opts *o = p->opt;
-    /* A new folder: no existing destination, so none of cp's checks before the copy. */
-    if (!p->pool || !p->batch_folder || !(flags & MPCP_E_DEST_NEW) || o->inplace)
+    /*
+     * A new folder: no existing destination, so none of cp's checks before
+     * the copy. Links (-l, -s) have no data to share out.
+     */
+    if (!p->pool || !p->batch_folder || !(flags & MPCP_E_DEST_NEW) || o->inplace || o->hard_link ||
+        o->symbolic_link)
         return false;
     if (!S_ISREG(st->st_mode) || (uint64_t)st->st_size <= CHUNK_ABOVE)
         return false;
@@ -917,7 +984,7 @@ static void lost_line(struct chunked *c, mproc_result *r, int rc, char *line, si
 static void range_done(struct planner *p, struct chunked *c, const void *res, size_t res_len,
                        mproc_result *r, int rc)
 {
-    struct mpcp_result_entry e = {MPCP_FAILED, 0, EBADMSG, 0, "internal error running a task"};
+    struct mpcp_result_entry e = {MPCP_FAILED, 0, EBADMSG, 0, "internal error running a task", ""};
     char line[PATH_MAX * 3];
     uint32_t n = 0;
     size_t pos;
@@ -945,7 +1012,7 @@ static void range_done(struct planner *p, struct chunked *c, const void *res, si
 static void submit_range(struct planner *p, struct chunked *c, struct mpcp_buf *task)
 {
     if (!wait_room(p)) {
-        const struct mpcp_result_entry quiet = {MPCP_FAILED, 0, EINTR, 0, NULL};
+        const struct mpcp_result_entry quiet = {MPCP_FAILED, 0, EINTR, 0, NULL, NULL};
         range_failed(p, c, &quiet);
         mpcp_buf_free(task);
         return;
@@ -989,7 +1056,8 @@ static void plan_ranges(struct planner *p, struct chunked *c, uint64_t size)
         struct mpcp_buf task = {0};
         if (range_task(c, p->task_header, off, size - off < step ? size - off : step, &task)) {
             mpcp_buf_free(&task);
-            const struct mpcp_result_entry oom = {MPCP_FAILED, 0, ENOMEM, 0, "cannot plan a copy"};
+            const struct mpcp_result_entry oom = {MPCP_FAILED,          0, ENOMEM, 0,
+                                                  "cannot plan a copy", ""};
             range_failed(p, c, &oom);
             break;
         }
@@ -1762,10 +1830,12 @@ struct operand {
     int sparent, dparent; /* the roots */
     char *sbase;
     const char *dbase;
-    int err;       /* opening the parent failed: reported in its turn */
-    uint32_t root; /* the executor's root */
-    bool dup_name; /* an earlier operand lands on the same name in the target folder */
-    bool made;     /* already_made() may look for it */
+    int err;         /* opening the parent failed: reported in its turn */
+    uint32_t root;   /* the executor's root */
+    bool dup_name;   /* an earlier operand lands on the same name in the target folder */
+    bool made;       /* already_made() may look for it */
+    bool reported;   /* --parents could not make its folders: said, not copied */
+    char *link_name; /* "link/": the symlink's name, while sbase is "." in its target */
 };
 
 static void copy_top_file(struct planner *p, const struct operand *o, const struct stat *st)
@@ -1823,15 +1893,77 @@ static void remember_made(struct planner *p, const struct operand *o, const stru
 
 static void copy_operand_as(struct planner *p, const struct operand *o, const struct stat *st);
 
+/* The length of path before its last name, name (false if path does not end so). */
+static bool name_prefix(const char *path, const char *name, size_t *len)
+{
+    size_t a = strlen(path), b = strlen(name);
+    if (a < b || strcmp(path + a - b, name) != 0 || (a > b && path[a - b - 1] != '/'))
+        return false;
+    *len = a - b;
+    return true;
+}
+
+static bool same_prefix(const struct str *s, const char *path, size_t len)
+{
+    return s->len == len && strncmp(s->s, path, len) == 0;
+}
+
+/* Sends what file operands the batch holds. */
+static void end_operands(struct planner *p)
+{
+    if (!p->ops_open)
+        return;
+    p->ops_open = false;
+    flush(p);
+}
+
+/*
+ * File operands from one folder into one (a shell glob: mpcp -a dir/\* dst)
+ * share tasks as a folder's files do, instead of a task each: a batch from
+ * their root, named by the folders as typed. Returns false for an operand
+ * that cannot join (copied on its own).
+ */
+static bool join_operands(struct planner *p, const struct operand *o, const struct stat *st)
+{
+    size_t sl, dl;
+    if (!p->track_made || !name_prefix(o->src_arg, o->sbase, &sl) ||
+        !name_prefix(o->dst_disp, o->dbase, &dl))
+        return false;
+    bool same = p->ops_open && p->ops_root == o->root && same_prefix(&p->ops_src, o->src_arg, sl) &&
+                same_prefix(&p->ops_dst, o->dst_disp, dl);
+    if (!same) {
+        end_operands(p);
+        p->ops_src.len = p->ops_dst.len = 0;
+        if (str_reserve(&p->ops_src, sl + 1) < 0 || str_reserve(&p->ops_dst, dl + 1) < 0)
+            return false;
+        memcpy(p->ops_src.s, o->src_arg, sl);
+        memcpy(p->ops_dst.s, o->dst_disp, dl);
+        p->ops_src.s[p->ops_src.len = sl] = '\0';
+        p->ops_dst.s[p->ops_dst.len = dl] = '\0';
+    }
+    /* Paths from the root, names from the folders as typed: what begin_batch and add_entry read. */
+    if (str_set(&p->src_rel, "") < 0 || str_set(&p->dst_rel, "") < 0 ||
+        str_set(&p->src_disp, p->ops_src.s) < 0 || str_set(&p->dst_disp, p->ops_dst.s) < 0)
+        return false;
+    if (!same) {
+        begin_batch(p, 0, o->sparent, o->dparent);
+        p->batch_folder = NULL;
+        p->ops_open = true;
+        p->ops_root = o->root;
+    } else if (mpcp_task_count(&p->task) >= BATCH_ENTRIES || p->batch_bytes >= BATCH_BYTES) {
+        flush(p);
+    }
+    add_entry(p, o->sbase, o->dbase, st, p->opt->deref == MPCP_DEREF_NEVER ? 0 : MPCP_E_FOLLOW);
+    return true;
+}
+
 static void copy_operand(struct planner *p, const struct operand *o)
 {
-    p->root = o->root;
-    if (!o->sbase || !o->dbase || str_set(&p->src_rel, o->sbase) < 0 ||
-        str_set(&p->dst_rel, o->dbase) < 0 || str_set(&p->src_disp, o->src_arg) < 0 ||
-        str_set(&p->dst_disp, o->dst_disp) < 0) {
+    if (!o->sbase || !o->dbase) {
         say(p, ENOMEM, "cannot copy %s", o->src_arg, NULL);
         return;
     }
+    p->root = o->root;
     int follow = p->opt->deref == MPCP_DEREF_NEVER ? AT_SYMLINK_NOFOLLOW : 0;
     struct stat st;
     if (fstatat(o->sparent, o->sbase, &st, follow) < 0) {
@@ -1840,12 +1972,28 @@ static void copy_operand(struct planner *p, const struct operand *o)
     }
     if (already_made(p, o, &st))
         return;
+    if (!S_ISDIR(st.st_mode) && join_operands(p, o, &st))
+        return;
+    end_operands(p);
+    if (str_set(&p->src_rel, o->sbase) < 0 || str_set(&p->dst_rel, o->dbase) < 0 ||
+        str_set(&p->src_disp, o->src_arg) < 0 || str_set(&p->dst_disp, o->dst_disp) < 0) {
+        say(p, ENOMEM, "cannot copy %s", o->src_arg, NULL);
+        return;
+    }
     copy_operand_as(p, o, &st);
 }
 
 static void copy_operand_as(struct planner *p, const struct operand *o, const struct stat *sp)
 {
     struct stat st = *sp;
+    if (!S_ISDIR(st.st_mode) && o->dst_slash && (p->opt->hard_link || p->opt->symbolic_link)) {
+        /* link() and symlink() of "dir/" find no such folder. */
+        say(p, ENOENT,
+            p->opt->hard_link ? "cannot create hard link %s to %s"
+                              : "cannot create symbolic link %s to %s",
+            o->dst_disp, o->src_arg);
+        return;
+    }
     if (!S_ISDIR(st.st_mode) && o->dst_slash) {
         /* cp would create "dir/" as a file; the kernel refuses, and cp says so. */
         bool link = S_ISLNK(st.st_mode);
@@ -1951,8 +2099,57 @@ static char *strip_slashes(const char *dir)
 struct plan {
     struct operand *ops;
     int n;
-    char *clean; /* the target folder as typed, without trailing slashes */
+    char *clean;                  /* the target folder as typed, without trailing slashes */
+    struct mpcp_parents *parents; /* --parents: the folders made on the way */
 };
+
+static void parents_fail(void *arg, int err, const char *tmpl, const char *name)
+{
+    say(arg, err, tmpl, name, NULL);
+}
+
+/* cp -v names the folders --parents makes without quotes. */
+static void parents_made(void *arg, const char *src, const char *dst)
+{
+    struct planner *p = arg;
+    p->st.dirs++;
+    if ((!p->opt->verbose && !p->opt->dry_run) || p->opt->quiet)
+        return;
+    mpcp_progress_clear(p->prog);
+    printf("%s -> %s\n", src, dst);
+}
+
+/* --strip-trailing-slashes: cp strips the sources it copies into a folder. */
+static void strip_in_place(char *path)
+{
+    size_t len = strlen(path);
+    while (len > 1 && path[len - 1] == '/')
+        path[--len] = '\0';
+}
+
+/* --parents: the operand lands on DIRECTORY/SOURCE, in folders made now. */
+static void plan_parents(struct planner *p, struct plan *pl, struct operand *o, const char *tdir,
+                         struct parent_cache *dcache)
+{
+    size_t off;
+    o->dst_disp = mpcp_parents_dest(tdir, o->src_arg, &off);
+    if (!o->dst_disp) {
+        o->err = ENOMEM;
+        return;
+    }
+    struct mpcp_reporter r = {parents_fail, parents_made, p};
+    if (mpcp_parents_make(pl->parents, o->dst_disp, off, &r) < 0) {
+        o->reported = true;
+        return;
+    }
+    char *base = NULL;
+    int rc = open_parent(dcache, o->dst_disp, &o->dparent, &base);
+    free(base);
+    if (rc == -ENOENT && p->opt->dry_run)
+        o->dparent = -1; /* a folder the dry run did not make: everything in it is new */
+    else if (rc < 0)
+        o->err = -rc;
+}
 
 static int cmp_dbase(const void *a, const void *b)
 {
@@ -1980,6 +2177,32 @@ static void mark_dup_names(struct plan *pl)
     free(v);
 }
 
+/*
+ * "link/" names the folder a symlink points to (the slash makes path
+ * resolution follow it, as cp does): the source becomes that folder itself,
+ * so the walk and the workers need not follow anything.
+ */
+static int follow_slash(struct operand *o)
+{
+    size_t len = strlen(o->src_arg);
+    struct stat st;
+    if (len < 2 || o->src_arg[len - 1] != '/' ||
+        fstatat(o->sparent, o->sbase, &st, AT_SYMLINK_NOFOLLOW) < 0 || !S_ISLNK(st.st_mode))
+        return 0;
+    int fd = open(o->src_arg, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    char *dot = strdup(".");
+    if (!dot) {
+        close(fd);
+        return -ENOMEM;
+    }
+    o->link_name = o->sbase;
+    o->sbase = dot;
+    o->sparent = fd;
+    return 0;
+}
+
 static void register_root(struct operand *o)
 {
     if (!o->err && mpcp_exec_add_root(o->sparent, o->dparent, &o->root) < 0)
@@ -1999,25 +2222,40 @@ static void plan_into_dir(struct planner *p, struct plan *pl, const char *tdir, 
         say(p, ENOMEM, "target directory %s", tdir, NULL);
         return;
     }
+    if (p->opt->parents && mpcp_parents_new(&pl->parents, p->opt) < 0) {
+        say(p, ENOMEM, "target directory %s", tdir, NULL);
+        return;
+    }
     p->track_made = n > 1;
     clean_top_folder(p, tfd);
-    struct parent_cache cache = {NULL, -1};
+    struct parent_cache cache = {NULL, -1}, dcache = {NULL, -1};
     for (int i = 0; i < n; i++) {
         struct operand *o = &pl->ops[i];
-        *o = (struct operand){srcs[i], false, NULL, -1, tfd, NULL, NULL, 0, 0, false, false};
+        *o = (struct operand){.src_arg = srcs[i], .sparent = -1, .dparent = tfd};
+        if (p->opt->strip_slashes)
+            strip_in_place(srcs[i]);
+        if (pl->parents) {
+            plan_parents(p, pl, o, tdir, &dcache);
+            if (o->reported || o->err)
+                continue;
+        }
         int rc = open_parent(&cache, srcs[i], &o->sparent, &o->sbase);
+        if (rc == 0)
+            rc = follow_slash(o);
         if (rc < 0 || !o->sbase) {
             o->err = rc < 0 ? -rc : ENOMEM;
             continue;
         }
-        o->dbase = o->sbase;
-        o->dst_disp = join(pl->clean, o->sbase);
+        o->dbase = o->link_name ? o->link_name : o->sbase;
+        if (!o->dst_disp)
+            o->dst_disp = join(pl->clean, o->dbase);
         if (!o->dst_disp)
             o->err = ENOMEM;
         register_root(o);
     }
     pl->n = n;
     free(cache.dir);
+    free(dcache.dir);
     if (p->track_made)
         mark_dup_names(pl);
 }
@@ -2030,10 +2268,12 @@ static void plan_one(struct planner *p, struct plan *pl, const char *src, const 
         return;
     }
     struct operand *o = &pl->ops[0];
-    *o = (struct operand){src, false, NULL, -1, -1, NULL, NULL, 0, 0, false, false};
+    *o = (struct operand){.src_arg = src, .sparent = -1, .dparent = -1};
     o->dst_slash = *dst && dst[strlen(dst) - 1] == '/';
     char *dbase = NULL;
     int rc = open_parent(NULL, src, &o->sparent, &o->sbase);
+    if (rc == 0)
+        rc = follow_slash(o);
     if (rc < 0) {
         say(p, -rc, "cannot stat %s", src, NULL);
         return;
@@ -2074,13 +2314,23 @@ static void copy_plan(struct planner *p, struct plan *pl)
 {
     for (int i = 0; i < pl->n && !p->stop && !mpcp_interrupted; i++) {
         struct operand *o = &pl->ops[i];
+        if (o->reported)
+            continue;
         if (o->err) {
             say(p, o->err, "cannot stat %s", o->src_arg, NULL);
             continue;
         }
-        if (o->dup_name)
+        if (o->dup_name) {
+            end_operands(p);
             settle_dup(p, pl, i);
+        }
         copy_operand(p, o);
+    }
+    end_operands(p);
+    if (pl->parents) {
+        drain(p); /* the folders' times are set when nothing more is written in them */
+        struct mpcp_reporter r = {parents_fail, parents_made, p};
+        mpcp_parents_protect(pl->parents, &r);
     }
 }
 
@@ -2089,9 +2339,11 @@ static void free_plan(struct plan *pl)
     for (int i = 0; i < pl->n; i++) {
         free(pl->ops[i].sbase);
         free(pl->ops[i].dst_disp);
+        free(pl->ops[i].link_name);
     }
     free(pl->ops);
     free(pl->clean);
+    mpcp_parents_free(pl->parents);
 }
 
 static bool is_dir(const char *path, int *err)
@@ -2112,6 +2364,39 @@ static double now_seconds(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/*
+ * cp's special case: with -f and a backup type, "cp -fb f f" (SOURCE and
+ * DEST the same string, an existing regular file) copies f to the name its
+ * backup would get, and makes no backup then. Returns that name (the
+ * caller's to free) or NULL when the case does not apply.
+ */
+static char *backup_of_itself(struct planner *p, const char *src, const char *dst)
+{
+    struct mpcp_opts *opt = p->opt;
+    struct stat st;
+    if (!opt->force || opt->backup == MPCP_BACKUP_NONE || strcmp(src, dst) != 0 ||
+        stat(dst, &st) < 0 || !S_ISREG(st.st_mode))
+        return NULL;
+    const char *slash = strrchr(dst, '/');
+    size_t dir_len = slash ? (size_t)(slash - dst) + 1 : 0;
+    char *dir = dir_len ? strndup(dst, dir_len) : strdup(".");
+    int dfd = dir ? open(dir, O_PATH | O_DIRECTORY | O_CLOEXEC) : -1;
+    free(dir);
+    if (dfd < 0)
+        return NULL;
+    char name[NAME_MAX + 1];
+    unsigned how;
+    int rc = mpcp_backup_name(dfd, dst + dir_len, opt, name, sizeof name, &how);
+    close(dfd);
+    char *out = rc == 0 ? malloc(dir_len + strlen(name) + 1) : NULL;
+    if (!out)
+        return NULL;
+    memcpy(out, dst, dir_len);
+    memcpy(out + dir_len, name, strlen(name) + 1);
+    opt->backup = MPCP_BACKUP_NONE; /* the copy is the backup */
+    return out;
+}
+
 static void plan_operands(struct planner *p, struct plan *pl)
 {
     struct mpcp_opts *opt = p->opt;
@@ -2130,7 +2415,14 @@ static void plan_operands(struct planner *p, struct plan *pl)
         plan_into_dir(p, pl, last, opt->operands, n - 1);
         return;
     }
-    plan_one(p, pl, opt->operands[0], last);
+    if (opt->parents) {
+        say(p, 0, "with --parents, the destination must be a directory", NULL, NULL);
+        fputs("Try 'mpcp --help' for more information.\n", stderr);
+        return;
+    }
+    char *backup = backup_of_itself(p, opt->operands[0], last);
+    plan_one(p, pl, opt->operands[0], backup ? backup : last);
+    free(backup);
 }
 
 /*
@@ -2212,6 +2504,8 @@ static void free_planner(struct planner *p)
     free(p->dst_rel.s);
     free(p->src_disp.s);
     free(p->dst_disp.s);
+    free(p->ops_src.s);
+    free(p->ops_dst.s);
     mpcp_buf_free(&p->task);
     mpcp_buf_free(&p->result);
     free(p);
@@ -2227,7 +2521,7 @@ int mpcp_run(struct mpcp_opts *opt)
     p->opt = opt;
     mpcp_exec_set_options(opt);
     double t0 = now_seconds();
-    struct plan pl = {NULL, 0, NULL};
+    struct plan pl = {NULL, 0, NULL, NULL};
     plan_operands(p, &pl);
     start_workers(p, &pl);
     mpcp_progress_start(&p->prog, opt);
