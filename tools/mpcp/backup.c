@@ -79,19 +79,17 @@ static enum scan scan_versions(int dfd, const char *name, char *ver, size_t size
     }
     enum scan found = SCAN_NONE;
     size_t len = strlen(name), best = 0;
-    const char *top = NULL;
-    char top_buf[NAME_MAX + 1];
+    char top[NAME_MAX + 1] = "";
     struct dirent *de;
     while ((de = readdir(d)) != NULL) {
         size_t n;
         const char *v = version_of(de->d_name, name, len, &n);
         if (!v || n + 2 > size || n < best || (n == best && memcmp(v, top, n) <= 0))
             continue;
-        memcpy(top_buf, v, n);
-        top_buf[n] = '\0';
-        top = top_buf;
+        memcpy(top, v, n);
+        top[n] = '\0';
         best = n;
-        found = next_version(top_buf, n, ver) ? SCAN_LONGER : SCAN_SAME_LENGTH;
+        found = next_version(top, n, ver) ? SCAN_LONGER : SCAN_SAME_LENGTH;
     }
     closedir(d);
     if (found == SCAN_NONE)

@@ -91,10 +91,12 @@ static int add_dir(struct mpcp_parents *ps, const char *path, const struct stat 
         ps->dirs = v;
         ps->cap_dirs = cap;
     }
-    char *copy = strdup(path);
-    if (!copy)
+    struct parents_dir *d = &ps->dirs[ps->n_dirs];
+    d->path = strdup(path);
+    if (!d->path)
         return -ENOMEM;
-    ps->dirs[ps->n_dirs] = (struct parents_dir){copy, *src, false};
+    d->src = *src;
+    d->restore_mode = false;
     *i = ps->n_dirs++;
     return 0;
 }
