@@ -1,14 +1,16 @@
 """bench/run copy: mpcp against cp -a, rsync -a, tar | tar and the
 tutorial's Python pool copier, on three datasets (20,000 x 4 KiB files in 200
-folders; 2,000 files of 1 KiB to 8 MiB; 4 x 512 MiB files), and on the large
-files also against the floor: a plain copy_file_range loop in one process
-(bench/cfr_copy.c, next to mpcp's build in bench/), on tmpfs
-(/dev/shm) and on the work disk (ext4 here). Warm page cache: the source is
-read once before timing. Each tool copies into a fresh destination; median of
-rounds; every copy is checked with scripts/check-copy (contents and sizes)
-once per tool and dataset.
+folders; 2,000 files of 1 KiB to 8 MiB; 4 x 512 MiB files), on tmpfs
+(/dev/shm) and on the work disk (ext4 here), and against floors built next to
+mpcp in bench/: on the large files a plain copy_file_range loop in one
+process (bench/cfr_copy.c); on the others the least-work copier in one
+process and in one per CPU (bench/floor_copy.c). Warm page cache: the source
+is read once before timing. Each tool copies into a fresh destination,
+after a sync (not timed) so that none pays for another's write-back;
+median of rounds; every copy is checked (contents and sizes) once per tool
+and dataset.
 
-usage: copy.py MPCP [--cfr CFR_COPY] [--rounds N] [--only DATASET] [--fs tmpfs,disk]
+usage: copy.py MPCP [--cfr CFR_COPY] [--floor FLOOR_COPY] [--rounds N] [--only DATASET] [--fs tmpfs,disk]
 Prints JSON lines: mpcp's seconds with each tool's seconds as the reference."""
 import argparse
 import json
@@ -54,7 +56,7 @@ LARGE = "4 x 512MiB"
 DATASETS = {"20k x 4KiB": make_small, "2k x 1KiB-8MiB": make_mixed, LARGE: make_large}
 
 
-def tools(mpcp, cfr, dataset):
+def tools(mpcp, cfr, floor, dataset):
     py = [sys.executable, os.path.join(HERE, "python", "tutorial_copy.py")]
     found = {
         "mpcp -a": lambda s, d: [[mpcp, "-a", s, d]],
@@ -67,11 +69,18 @@ def tools(mpcp, cfr, dataset):
     # The floor for large files, where the data copy is all there is to measure.
     if dataset == LARGE and cfr and os.access(cfr, os.X_OK):
         found["copy_file_range loop"] = lambda s, d: [[cfr, s, d]]
+    # The floor for many files: the least work per file, in 1 process and in one per CPU.
+    if dataset != LARGE and floor and os.access(floor, os.X_OK):
+        n = str(len(os.sched_getaffinity(0)))
+        found["C floor, 1 process"] = lambda s, d: [[floor, s, d]]
+        found["C floor, %s processes" % n] = lambda s, d: [[floor, "-P", n, s, d]]
     return found
 
 
 def run_once(argv_list, dst):
     shutil.rmtree(dst, ignore_errors=True)
+    # No tool pays for the write-back of the one before it (on the disk): not timed.
+    os.sync()
     t0 = time.perf_counter()
     for argv in argv_list:
         subprocess.run(argv, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -95,13 +104,18 @@ def main():
     ap.add_argument("mpcp")
     ap.add_argument("--cfr", default=None,
                     help="the copy_file_range loop (default: bench/cfr_copy in mpcp's build)")
+    ap.add_argument("--floor", default=None,
+                    help="the least-work copier (default: bench/floor_copy in mpcp's build)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--only", default=None)
     ap.add_argument("--fs", default="tmpfs,disk")
     args = ap.parse_args()
-    if args.cfr is None:  # MPCP is BUILD/tools/mpcp/mpcp
-        build = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(args.mpcp))))
+    # MPCP is BUILD/tools/mpcp/mpcp
+    build = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(args.mpcp))))
+    if args.cfr is None:
         args.cfr = os.path.join(build, "bench", "cfr_copy")
+    if args.floor is None:
+        args.floor = os.path.join(build, "bench", "floor_copy")
     places = {"tmpfs": "/dev/shm/mproc-bench-copy",
               "disk": os.path.join(ROOT, "build-bench", "copy-bench")}
     for fs in args.fs.split(","):
@@ -118,7 +132,7 @@ def main():
                 subprocess.run(["sh", "-c", 'find "$1" -type f -exec cat {} + >/dev/null', "warm", src])
                 dst = os.path.join(base, "dst")
                 # Tools take turns within each round, so that all see the same noise.
-                chosen = tools(args.mpcp, args.cfr, name)
+                chosen = tools(args.mpcp, args.cfr, args.floor, name)
                 samples = {tool: [] for tool in chosen}
                 for r in range(args.rounds):
                     for tool, argv in chosen.items():
