@@ -397,6 +397,20 @@ static bool other_name_ok(struct ectx *x)
     return fstatat(x->sfd, x->e->name, &s, AT_SYMLINK_NOFOLLOW) == 0 && !S_ISLNK(s.st_mode);
 }
 
+/* -n and --update=none(-fail) leave an existing destination: skipped, or failed. */
+static bool refused_by_update(struct ectx *x)
+{
+    if (x->opt->update == MPCP_UPDATE_NONE) {
+        skip(x);
+        return true;
+    }
+    if (x->opt->update == MPCP_UPDATE_NONE_FAIL) {
+        fail(x, 0, "not replacing %s", dst_q(x), NULL);
+        return true;
+    }
+    return false;
+}
+
 /*
  * What to do with an existing destination, as cp decides it. Returns GO,
  * STOP_HERE (failed or skipped, already recorded) or THROUGH_LINK (the
@@ -410,14 +424,8 @@ static int check_existing(struct ectx *x, const struct stat *d)
         fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
         return STOP_HERE;
     }
-    if (opt->update == MPCP_UPDATE_NONE) {
-        skip(x);
+    if (refused_by_update(x))
         return STOP_HERE;
-    }
-    if (opt->update == MPCP_UPDATE_NONE_FAIL) {
-        fail(x, 0, "not replacing %s", dst_q(x), NULL);
-        return STOP_HERE;
-    }
     if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(e, d)) {
         skip(x);
         return STOP_HERE;
@@ -1330,14 +1338,8 @@ static int link_same_file(struct ectx *x, const struct stat *d)
 static int check_link_dest(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_opts *opt = x->opt;
-    if (opt->update == MPCP_UPDATE_NONE) {
-        skip(x);
+    if (refused_by_update(x))
         return STOP_HERE;
-    }
-    if (opt->update == MPCP_UPDATE_NONE_FAIL) {
-        fail(x, 0, "not replacing %s", dst_q(x), NULL);
-        return STOP_HERE;
-    }
     if (link_same_file(x, d) != GO)
         return STOP_HERE;
     if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(x->e, d)) {
