@@ -715,13 +715,19 @@ Test(mpcp_beyond, lean_syscalls_per_small_file, .init = setup_work, .fini = tear
 
 /* ---- summaries and options beyond cp ---- */
 
-Test(mpcp_beyond, json_and_stats, .init = setup_work, .fini = teardown_work, .timeout = 30)
+/* s: files a (100 bytes) and b (200), symlink l -> a. */
+static void make_two_files_and_a_link(void)
 {
     int s = sub_dir(wfd, "s", 0755);
     write_pattern(s, "a", 100);
     write_pattern(s, "b", 200);
     must(symlinkat("a", s, "l"), "symlink", "l");
     close(s);
+}
+
+Test(mpcp_beyond, json_and_stats, .init = setup_work, .fini = teardown_work, .timeout = 30)
+{
+    make_two_files_and_a_link();
     struct run_result r;
     mpcp(&r, (const char *const[]){"-r", "--json", "--stats", "s", "o", NULL});
     cr_assert_eq(r.status, 0, "%s", r.err);
@@ -751,11 +757,7 @@ Test(mpcp_beyond, dry_run_changes_nothing, .init = setup_work, .fini = teardown_
 Test(mpcp_beyond, links_in_summaries_and_dry_run, .init = setup_work, .fini = teardown_work,
      .timeout = 30)
 {
-    int s = sub_dir(wfd, "s", 0755);
-    write_pattern(s, "a", 100);
-    write_pattern(s, "b", 200);
-    must(symlinkat("a", s, "l"), "symlink", "l");
-    close(s);
+    make_two_files_and_a_link();
     struct run_result r;
     mpcp(&r, (const char *const[]){"-rl", "--json", "--stats", "s", "o", NULL});
     cr_assert_eq(r.status, 0, "%s", r.err);

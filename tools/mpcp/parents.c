@@ -32,11 +32,29 @@ struct parents_dir {
 
 struct mpcp_parents {
     const struct mpcp_opts *opt;
-    struct parents_dir *dirs;
-    size_t n_dirs, cap_dirs;
-    struct parents_event *events;
-    size_t n_events, cap_events;
+    struct mpcp_buf dirs;   /* struct parents_dir, in the order they are met */
+    struct mpcp_buf events; /* struct parents_event, in cp's order */
 };
+
+static size_t n_dirs(const struct mpcp_parents *ps)
+{
+    return ps->dirs.len / sizeof(struct parents_dir);
+}
+
+static struct parents_dir *dir_at(const struct mpcp_parents *ps, size_t i)
+{
+    return (struct parents_dir *)(void *)ps->dirs.data + i;
+}
+
+static size_t n_events(const struct mpcp_parents *ps)
+{
+    return ps->events.len / sizeof(struct parents_event);
+}
+
+static const struct parents_event *event_at(const struct mpcp_parents *ps, size_t k)
+{
+    return (const struct parents_event *)(const void *)ps->events.data + k;
+}
 
 int mpcp_parents_new(struct mpcp_parents **out, const struct mpcp_opts *opt)
 {
@@ -51,53 +69,35 @@ void mpcp_parents_free(struct mpcp_parents *ps)
 {
     if (!ps)
         return;
-    for (size_t i = 0; i < ps->n_dirs; i++)
-        free(ps->dirs[i].path);
-    free(ps->dirs);
-    free(ps->events);
+    for (size_t i = 0; i < n_dirs(ps); i++)
+        free(dir_at(ps, i)->path);
+    mpcp_buf_free(&ps->dirs);
+    mpcp_buf_free(&ps->events);
     free(ps);
 }
 
 static int add_event(struct mpcp_parents *ps, const struct parents_event *ev)
 {
-    if (ps->n_events == ps->cap_events) {
-        size_t cap = ps->cap_events ? ps->cap_events * 2 : 32;
-        struct parents_event *v = realloc(ps->events, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        ps->events = v;
-        ps->cap_events = cap;
-    }
-    ps->events[ps->n_events++] = *ev;
-    return 0;
+    return mpcp_buf_put(&ps->events, ev, sizeof *ev);
 }
 
 /* Something is made in the folder at path (a folder of ours, or the operand itself). */
-static int note_made_in(struct mpcp_parents *ps, int at, const char *path)
+static int note_made_in(struct mpcp_parents *ps, const char *path)
 {
     struct stat st;
-    if (fstatat(at, path, &st, at >= 0 && !*path ? AT_EMPTY_PATH : 0) < 0)
+    if (stat(path, &st) < 0)
         return 0; /* a folder that is not there cannot have its times reset */
     return add_event(ps, &(struct parents_event){false, 0, st.st_dev, st.st_ino});
 }
 
 static int add_dir(struct mpcp_parents *ps, const char *path, const struct stat *src, size_t *i)
 {
-    if (ps->n_dirs == ps->cap_dirs) {
-        size_t cap = ps->cap_dirs ? ps->cap_dirs * 2 : 16;
-        struct parents_dir *v = realloc(ps->dirs, cap * sizeof *v);
-        if (!v)
-            return -ENOMEM;
-        ps->dirs = v;
-        ps->cap_dirs = cap;
-    }
-    struct parents_dir *d = &ps->dirs[ps->n_dirs];
-    d->path = strdup(path);
-    if (!d->path)
+    struct parents_dir d = {strdup(path), *src, false};
+    if (!d.path || mpcp_buf_put(&ps->dirs, &d, sizeof d) < 0) {
+        free(d.path);
         return -ENOMEM;
-    d->src = *src;
-    d->restore_mode = false;
-    *i = ps->n_dirs++;
+    }
+    *i = n_dirs(ps) - 1;
     return 0;
 }
 
@@ -166,14 +166,14 @@ static int one_level(struct mpcp_parents *ps, char *dir, const char *src, bool *
         r->made(r->arg, src, dir);
         return 0;
     }
-    if (make_one(ps, &ps->dirs[i], r) < 0)
+    if (make_one(ps, dir_at(ps, i), r) < 0)
         return -1;
     r->made(r->arg, src, dir);
     char *slash = strrchr(dir, '/');
     if (!slash)
         return 0;
     *slash = '\0';
-    int rc = note_made_in(ps, AT_FDCWD, *dir ? dir : "/");
+    int rc = note_made_in(ps, *dir ? dir : "/");
     *slash = '/';
     return rc;
 }
@@ -202,7 +202,7 @@ int mpcp_parents_make(struct mpcp_parents *ps, const char *dst, size_t arg_off,
         return -1;
     }
     char *last = strrchr(dir + arg_off, '/');
-    size_t first = ps->n_dirs;
+    size_t first = n_dirs(ps);
     bool exists = true, missing = false;
     int rc = last ? check_parent(dir, last, &exists, r) : 0;
     char *slash = dir + arg_off + strspn(dir + arg_off, "/");
@@ -216,10 +216,10 @@ int mpcp_parents_make(struct mpcp_parents *ps, const char *dst, size_t arg_off,
     if (rc == 0 && !ps->opt->dry_run) {
         char *cut = last ? last : dir + arg_off - 1; /* the slash before the operand's name */
         *cut = '\0';
-        rc = note_made_in(ps, AT_FDCWD, *dir ? dir : "/");
+        rc = note_made_in(ps, *dir ? dir : "/");
     }
     free(dir);
-    for (size_t i = first; rc == 0 && i < ps->n_dirs; i++)
+    for (size_t i = first; rc == 0 && i < n_dirs(ps); i++)
         rc = add_event(ps, &(struct parents_event){true, i, 0, 0});
     if (rc < -1)
         r->fail(r->arg, -rc, "cannot make directory %s", dst);
@@ -270,13 +270,13 @@ static unsigned char *seen_slot(struct seen *s, dev_t dev, ino_t ino)
  */
 static void protect_times(struct mpcp_parents *ps, struct seen *s, const struct mpcp_reporter *r)
 {
-    for (size_t k = ps->n_events; k-- > 0;) {
-        struct parents_event *ev = &ps->events[k];
+    for (size_t k = n_events(ps); k-- > 0;) {
+        const struct parents_event *ev = event_at(ps, k);
         if (!ev->protect) {
             *seen_slot(s, ev->dev, ev->ino) |= 2;
             continue;
         }
-        struct parents_dir *d = &ps->dirs[ev->dir];
+        struct parents_dir *d = dir_at(ps, ev->dir);
         struct stat st;
         if (stat(d->path, &st) < 0)
             continue;
@@ -294,15 +294,15 @@ static void protect_times(struct mpcp_parents *ps, struct seen *s, const struct 
 
 void mpcp_parents_protect(struct mpcp_parents *ps, const struct mpcp_reporter *r)
 {
-    if (!ps || ps->n_dirs == 0 || ps->opt->dry_run)
+    if (!ps || n_dirs(ps) == 0 || ps->opt->dry_run)
         return;
-    for (size_t k = 0; k < ps->n_events; k++)
-        if (ps->events[k].protect)
-            protect_owner_mode(ps, &ps->dirs[ps->events[k].dir], r);
+    for (size_t k = 0; k < n_events(ps); k++)
+        if (event_at(ps, k)->protect)
+            protect_owner_mode(ps, dir_at(ps, event_at(ps, k)->dir), r);
     if (!ps->opt->p_time)
         return;
     struct seen s = {NULL, NULL, NULL, 16};
-    while (s.cap < ps->n_events * 2)
+    while (s.cap < n_events(ps) * 2)
         s.cap *= 2;
     s.dev = calloc(s.cap, sizeof *s.dev);
     s.ino = calloc(s.cap, sizeof *s.ino);
@@ -310,7 +310,7 @@ void mpcp_parents_protect(struct mpcp_parents *ps, const struct mpcp_reporter *r
     if (s.dev && s.ino && s.flags)
         protect_times(ps, &s, r);
     else
-        r->fail(r->arg, ENOMEM, "failed to preserve times for %s", ps->dirs[0].path);
+        r->fail(r->arg, ENOMEM, "failed to preserve times for %s", dir_at(ps, 0)->path);
     free(s.dev);
     free(s.ino);
     free(s.flags);

@@ -2425,11 +2425,6 @@ static void plan_operands(struct planner *p, struct plan *pl)
     free(backup);
 }
 
-/*
- * -j 1 copies in this process, the lean path. Otherwise the pool is made
- * now, after the roots and before the progress thread: workers are forks of
- * a process with no thread of ours.
- */
 /* One file has nothing to share among workers: it is copied here. */
 static bool worth_workers(const struct planner *p, const struct plan *pl)
 {
@@ -2444,6 +2439,11 @@ static bool worth_workers(const struct planner *p, const struct plan *pl)
            fstatat(o->sparent, o->sbase, &st, follow) == 0 && S_ISDIR(st.st_mode);
 }
 
+/*
+ * -j 1 copies in this process, the lean path. Otherwise the pool is made
+ * now, after the roots and before the progress thread: workers are forks of
+ * a process with no thread of ours.
+ */
 static void start_workers(struct planner *p, const struct plan *pl)
 {
     if (!worth_workers(p, pl))
