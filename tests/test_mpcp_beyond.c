@@ -7,6 +7,8 @@
  */
 #include "mpcp_tree.h"
 
+#include <mproc.h>
+
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -286,6 +288,34 @@ Test(mpcp_beyond, tree_deeper_than_path_max, .init = setup_work, .fini = teardow
     unsetenv("MPCP_TASK_RESOLVE");
     cr_assert_eq(r.status, 0, "%s", r.err);
     check_deep(wfd, "out2", depth, comp);
+}
+
+/* ---- --version ---- */
+
+/* GNU style: "NAME (PACKAGE) VERSION", copyright, license, free software, no warranty. */
+Test(mpcp_beyond, version_is_gnu_style_with_the_project_version, .init = setup_work,
+     .fini = teardown_work, .timeout = 30)
+{
+    static struct run_result r;
+    mpcp(&r, (const char *const[]){"--version", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_str_empty(r.err);
+    cr_assert_str_eq(MPROC_PROJECT_VERSION, MPROC_VERSION_STRING,
+                     "project() says %s, the header %s", MPROC_PROJECT_VERSION,
+                     MPROC_VERSION_STRING);
+    const char *lines[] = {"mpcp (mproc) " MPROC_PROJECT_VERSION "\n", "Copyright (C) ",
+                           "License ", "This is free software: you are free to change and "
+                                       "redistribute it.\n",
+                           "There is NO WARRANTY, to the extent permitted by law.\n"};
+    const char *at = r.out;
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+        cr_assert(strncmp(at, lines[i], strlen(lines[i])) == 0, "line %zu is not '%s' in:\n%s",
+                  i + 1, lines[i], r.out);
+        at = strchr(at, '\n');
+        cr_assert_not_null(at);
+        at++;
+    }
+    cr_assert_str_empty(at, "more after the warranty line: %s", at);
 }
 
 /* ---- progress ---- */
