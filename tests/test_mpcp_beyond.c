@@ -303,9 +303,9 @@ Test(mpcp_beyond, version_is_gnu_style_with_the_project_version, .init = setup_w
     cr_assert_str_eq(MPROC_PROJECT_VERSION, MPROC_VERSION_STRING,
                      "project() says %s, the header %s", MPROC_PROJECT_VERSION,
                      MPROC_VERSION_STRING);
-    const char *lines[] = {"mpcp (mproc) " MPROC_PROJECT_VERSION "\n", "Copyright (C) ",
-                           "License ", "This is free software: you are free to change and "
-                                       "redistribute it.\n",
+    const char *lines[] = {"mpcp (mproc) " MPROC_PROJECT_VERSION "\n", "Copyright (C) ", "License ",
+                           "This is free software: you are free to change and "
+                           "redistribute it.\n",
                            "There is NO WARRANTY, to the extent permitted by law.\n"};
     const char *at = r.out;
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
@@ -497,7 +497,8 @@ static int pty_run(const char *const *args, char *out, size_t size)
     return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
 }
 
-/* A bar's totals: "[...] 42.0% DONE/TOTAL F/FT files ..." or "DONE/TOTAL+ F/FT+ files ... (counting...)". */
+/* A bar's totals: "[...] 42.0% DONE/TOTAL F/FT files ..." or "DONE/TOTAL+ F/FT+ files ...
+ * (counting...)". */
 struct bar {
     bool counting;
     char done[32], total[32];
@@ -580,8 +581,8 @@ Test(mpcp_beyond, progress_total_is_final_once_counted, .init = setup_work, .fin
 {
     make_demo_tree(wfd);
     static char out[1 << 21];
-    int status = pty_run((const char *const[]){"-a", "-j", "2", "src", "dst", NULL}, out,
-                         sizeof out);
+    int status =
+        pty_run((const char *const[]){"-a", "-j", "2", "src", "dst", NULL}, out, sizeof out);
     cr_assert_eq(status, 0, "%s", out);
     /* 160 files, 10 hard links, the sparse file, 3 symlinks, a fifo. */
     check_bars(out, 175);
@@ -598,8 +599,8 @@ Test(mpcp_beyond, progress_total_leaves_out_what_no_clobber_keeps, .init = setup
     remove_tree_at(wfd, "dst/dir3");
     must(unlinkat(wfd, "dst/sparse.img", 0), "unlink", "dst/sparse.img");
     static char out[1 << 21];
-    status = pty_run((const char *const[]){"-a", "-n", "-j", "2", "src", "dst", NULL}, out,
-                     sizeof out);
+    status =
+        pty_run((const char *const[]){"-a", "-n", "-j", "2", "src", "dst", NULL}, out, sizeof out);
     cr_assert_eq(status, 0, "%s", out);
     check_bars(out, 80);
 }

@@ -114,8 +114,8 @@ static bool dst_keeps(const struct mpcp_opts *opt, const struct stat *src, const
 }
 
 /* Counts one non-folder: name in sfd, its destination name in dfd (-1: a new folder). */
-static void count_file(struct count_walk *w, int sfd, const char *name, int dfd,
-                       const char *dname, const struct stat *st)
+static void count_file(struct count_walk *w, int sfd, const char *name, int dfd, const char *dname,
+                       const struct stat *st)
 {
     const struct mpcp_opts *opt = w->p->opt;
     /* Links (-l, -s) move no data: the bar counts files then. */
@@ -152,8 +152,8 @@ static bool on_stack(const struct count_level *v, size_t n, const struct stat *s
  * to ..), with its destination when skips are checked.
  */
 static bool push_level(struct count_walk *w, struct count_level **v, size_t *n, size_t *cap,
-                       int parent, const char *name, int dparent, const char *dname,
-                       bool follow, const struct stat *st)
+                       int parent, const char *name, int dparent, const char *dname, bool follow,
+                       const struct stat *st)
 {
     if (on_stack(*v, *n, st))
         return false;
@@ -233,8 +233,8 @@ static void count_tree(struct count_walk *w, const struct mpcp_count_root *r)
 static void *counter_main(void *arg)
 {
     struct mpcp_progress *p = arg;
-    struct count_walk w = {p, {NULL, 0, 0}, 0, p->opt->deref == MPCP_DEREF_ALWAYS,
-                           p->opt->update != MPCP_UPDATE_ALL};
+    struct count_walk w = {
+        p, {NULL, 0, 0}, 0, p->opt->deref == MPCP_DEREF_ALWAYS, p->opt->update != MPCP_UPDATE_ALL};
     for (size_t i = 0; i < p->n_roots && !atomic_load(&p->quit); i++)
         count_tree(&w, &p->roots[i]);
     free(w.links.v);
@@ -366,7 +366,7 @@ void mpcp_progress_wait_count(struct mpcp_progress *p)
     if (!p || !p->have_thread)
         return;
     while (!atomic_load(&p->counted) && !mpcp_interrupted) {
-        struct timespec ts = {0, 50 * 1000 * 1000};
+        struct timespec ts = {0, 50000000L};
         nanosleep(&ts, NULL);
         maybe_draw(p);
     }
