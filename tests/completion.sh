@@ -19,7 +19,10 @@ complete_words() { # the words after "mpcp", the last being completed
 }
 
 # Every long option of --help, once (the option column only, not the prose).
-help_opts=$("$mpcp" --help | grep -E '^  +-' | sed -E 's/^ +//; s/  .*//' |
+# --help once into a variable: `mpcp --help | grep -q` would fail under
+# pipefail whenever grep exits before mpcp has written the rest.
+help_text=$("$mpcp" --help)
+help_opts=$(echo "$help_text" | grep -E '^  +-' | sed -E 's/^ +//; s/  .*//' |
   grep -oE -- '--[a-z][a-z-]*' | sort -u)
 completed=$(complete_words -- | sed 's/=$//' | sort -u)
 if [ "$help_opts" != "$completed" ]; then
@@ -29,7 +32,7 @@ if [ "$help_opts" != "$completed" ]; then
 fi
 # Each completed long option is one mpcp accepts.
 for o in $completed; do
-  "$mpcp" --help | grep -qE -- "$o([=[ ]|\$)" || { echo "completion: $o not in --help" >&2; fail=1; }
+  grep -qE -- "$o(=|\\[| |\$)" <<<"$help_text" || { echo "completion: $o not in --help" >&2; fail=1; }
 done
 
 # Values: what mpcp lists for a bad value, against what is completed after "OPT=".
