@@ -128,7 +128,9 @@ MPROC_API int mproc_queue_get_many(mproc_queue *queue, void *buf, size_t cap,
 
 /*
  * Sets *count to the number of messages in the queue: exact when no put or
- * get is under way, as Python's qsize() is not. Returns 0 or -EINVAL.
+ * get is under way, as Python's qsize() is not, also after processes were
+ * killed in the middle of one (their half-done step is repaired first).
+ * Returns 0 or -EINVAL.
  */
 MPROC_API int mproc_queue_size(mproc_queue *queue, size_t *count);
 
