@@ -59,7 +59,7 @@
 #include <unistd.h>
 
 #define QUEUE_MAGIC          0x6d707175u /* "mpqu" */
-#define QUEUE_LAYOUT_VERSION 2
+#define QUEUE_LAYOUT_VERSION 3
 #define MAX_PEERS            128
 #define RECORD_ALIGN         16
 #define RECORD_HEADER        16
@@ -91,7 +91,7 @@ struct peer_slot {
 
 /* Padded on purpose: each side's fields own their cache line. */
 struct queue_shared { // NOLINT(clang-analyzer-optin.performance.Padding)
-    uint32_t magic;
+    _Atomic uint32_t magic;
     uint32_t version;
     uint64_t capacity;
     uint64_t max_messages;
@@ -135,6 +135,12 @@ struct queue_shared { // NOLINT(clang-analyzer-optin.performance.Padding)
     alignas(64) _Atomic uint64_t done_count;
     _Atomic uint32_t done_seq;
     _Atomic uint32_t joiners_waiting;
+    /*
+     * Flag: a consumer died part way through a streamed message, which the
+     * next one skipped. It was counted as put and no one holds it: it can
+     * never be marked done, as one a dead taker held.
+     */
+    _Atomic uint32_t lost_with_taker;
 
     alignas(64) struct peer_slot peers[MAX_PEERS];
 };
@@ -146,10 +152,12 @@ struct mproc_queue {
     unsigned char *ring;
     uint64_t capacity;
     uint64_t mask;
-    /* Registration of the process using this handle; reset after fork. */
-    unsigned generation;
-    unsigned roles;
-    int slot;
+    /*
+     * Registration of the process using this handle, reset after fork: fork
+     * generation << 32 | roles << 16 | slot + 1, in one word because several
+     * threads may register through the same handle at once.
+     */
+    _Atomic uint64_t registration;
 };
 
 struct record {
@@ -196,9 +204,7 @@ static void bind_handle(mproc_queue *queue)
     queue->capacity = queue->shared->capacity;
     queue->mask = queue->capacity - 1;
     queue->ring = (unsigned char *)queue->region.addr + queue->shared->ring_offset;
-    queue->generation = mproc__fork_generation();
-    queue->roles = 0;
-    queue->slot = -1;
+    atomic_store(&queue->registration, (uint64_t)mproc__fork_generation() << 32);
 }
 
 static int init_shared(struct queue_shared *shared, uint64_t capacity, uint64_t max_messages,
@@ -214,8 +220,7 @@ static int init_shared(struct queue_shared *shared, uint64_t capacity, uint64_t 
         rc = mproc__mutex_init(&shared->get_lock);
     shared->version = QUEUE_LAYOUT_VERSION;
     /* Last: a queue that attaches sees the magic only once the rest is set. */
-    atomic_thread_fence(memory_order_release);
-    shared->magic = QUEUE_MAGIC;
+    atomic_store_explicit(&shared->magic, QUEUE_MAGIC, memory_order_release);
     return rc;
 }
 
@@ -278,7 +283,8 @@ int mproc_queue_attach(mproc_queue **out, int fd)
     int rc = mproc__region_attach(&queue->region, fd);
     if (rc == 0) {
         const struct queue_shared *shared = queue->region.addr;
-        bool fits = queue->region.size >= sizeof(*shared) && shared->magic == QUEUE_MAGIC &&
+        bool fits = queue->region.size >= sizeof(*shared) &&
+                    atomic_load_explicit(&shared->magic, memory_order_acquire) == QUEUE_MAGIC &&
                     shared->version == QUEUE_LAYOUT_VERSION &&
                     shared->ring_offset + shared->capacity == queue->region.size;
         rc = fits ? 0 : -EINVAL;
@@ -336,6 +342,21 @@ static int claim_slot(struct queue_shared *shared, pid_t self, uint64_t start_ti
     return -1;
 }
 
+static uint64_t pack_registration(unsigned generation, unsigned roles, int slot)
+{
+    return (uint64_t)generation << 32 | (uint64_t)(roles & 0xffff) << 16 |
+           (uint64_t)(uint16_t)(slot + 1);
+}
+
+/* This process's slot in the peer table, -1 if it has none (yet, or since fork). */
+static int handle_slot(const mproc_queue *queue)
+{
+    uint64_t word = atomic_load(&queue->registration);
+    if ((unsigned)(word >> 32) != mproc__fork_generation())
+        return -1;
+    return (int)(word & 0xffff) - 1;
+}
+
 /*
  * Records that this process puts (or takes). Cheap after the first call in a
  * process: the handle caches it, and forgets it in a child after fork.
@@ -343,23 +364,34 @@ static int claim_slot(struct queue_shared *shared, pid_t self, uint64_t start_ti
 static void register_role(mproc_queue *queue, unsigned role)
 {
     unsigned generation = mproc__fork_generation();
-    if (queue->generation != generation) {
-        queue->generation = generation;
-        queue->roles = 0;
-        queue->slot = -1;
-    }
-    if (queue->roles & role)
+    uint64_t word = atomic_load(&queue->registration);
+    bool current = (unsigned)(word >> 32) == generation;
+    unsigned roles = current ? (unsigned)(word >> 16) & 0xffff : 0;
+    if (roles & role)
         return;
     struct queue_shared *shared = queue->shared;
-    if (queue->slot < 0) {
+    int slot = current ? (int)(word & 0xffff) - 1 : -1;
+    if (slot < 0) {
         pid_t self = getpid();
-        queue->slot = claim_slot(shared, self, mproc__pid_start_time(self));
+        /* Another thread claiming at once finds this process's slot, or a second one. */
+        slot = claim_slot(shared, self, mproc__pid_start_time(self));
     }
     /* With a full table this process is not watched: waiters may wait longer, never less. */
-    if (queue->slot >= 0)
-        atomic_fetch_or(&shared->peers[queue->slot].roles, role);
+    if (slot >= 0)
+        atomic_fetch_or(&shared->peers[slot].roles, role);
     atomic_store(role == ROLE_PRODUCER ? &shared->had_producer : &shared->had_consumer, 1);
-    queue->roles |= role;
+    /* Merge with what other threads registered meanwhile; keep the slot one of them set. */
+    for (;;) {
+        current = (unsigned)(word >> 32) == generation;
+        unsigned have = current ? (unsigned)(word >> 16) & 0xffff : 0;
+        int have_slot = current ? (int)(word & 0xffff) - 1 : -1;
+        uint64_t next =
+            pack_registration(generation, have | role, have_slot >= 0 ? have_slot : slot);
+        if (have_slot >= 0 && slot >= 0 && have_slot != slot)
+            atomic_fetch_or(&shared->peers[have_slot].roles, role);
+        if (atomic_compare_exchange_weak(&queue->registration, &word, next))
+            return;
+    }
 }
 
 /* Whether some process that registered in role may still act: false only when all have died. */
@@ -849,7 +881,7 @@ static uint64_t record_length(const struct record *rec)
 static void release(mproc_queue *queue, uint64_t new_head, uint64_t messages, bool taken)
 {
     struct queue_shared *shared = queue->shared;
-    int32_t slot = shared->joinable && taken && messages ? queue->slot : -1;
+    int32_t slot = shared->joinable && taken && messages ? handle_slot(queue) : -1;
     /* Only holders of get_lock write these: no read-modify-write needed. */
     uint64_t got = atomic_load_explicit(&shared->get_count, memory_order_relaxed);
     atomic_store_explicit(&shared->journal_get_count, got, memory_order_relaxed);
@@ -888,6 +920,8 @@ static uint64_t skip_to_message(mproc_queue *queue, uint64_t head, uint64_t tail
         ends += (flags & F_LAST) != 0;
         head += record_size(record_length(rec));
     }
+    if (ends && queue->shared->joinable)
+        atomic_store(&queue->shared->lost_with_taker, 1);
     if (head != start)
         release(queue, head, ends, false);
     return head;
@@ -1213,8 +1247,9 @@ int mproc_queue_task_done(mproc_queue *queue)
      * rather than leaving a count that nothing can ever finish.
      */
     register_role(queue, ROLE_CONSUMER);
-    if (queue->slot >= 0)
-        untake(&shared->peers[queue->slot]);
+    int slot = handle_slot(queue);
+    if (slot >= 0)
+        untake(&shared->peers[slot]);
     if (unfinished(shared) == 0)
         wake(&shared->joiners_waiting, &shared->done_seq);
     return 0;
@@ -1244,7 +1279,7 @@ int mproc_queue_join(mproc_queue *queue, int timeout_ms)
         recover(shared);
         if (unfinished(shared) == 0)
             break;
-        if (dead_taker(shared)) {
+        if (dead_taker(shared) || atomic_load(&shared->lost_with_taker)) {
             rc = -EPIPE;
             break;
         }

@@ -155,8 +155,9 @@ MPROC_API int mproc_queue_task_done(mproc_queue *queue);
 /*
  * JoinableQueue: waits until every message put has been marked done.
  * Returns 0, -ETIMEDOUT, -EINTR, -EINVAL (not joinable), or -EPIPE when a
- * process that had taken messages died before marking them done: they will
- * never be (the count stays as it is).
+ * process that had taken messages (or part of one) died before marking them
+ * done: they will never be (the count stays as it is; task_done() from
+ * another process can still bring it to zero).
  */
 MPROC_API int mproc_queue_join(mproc_queue *queue, int timeout_ms);
 
