@@ -328,12 +328,14 @@ static void run_round(struct board *b, unsigned round, uint64_t *rng)
     /* Producers finish, then the consumers drain to MPROC_ECLOSED. */
     atomic_store(&b->stop, 1);
     for (unsigned i = 0; i < PRODUCERS; i++)
-        cr_assert_eq(test_join_code(procs[i]), 0, "round %u: producer %u failed (failure %u, rc %d)",
-                     round, i, atomic_load(&b->failure), atomic_load(&b->failure_rc));
+        cr_assert_eq(test_join_code(procs[i]), 0,
+                     "round %u: producer %u failed (failure %u, rc %d)", round, i,
+                     atomic_load(&b->failure), atomic_load(&b->failure_rc));
     cr_assert_eq(mproc_queue_close(queue), 0);
     for (unsigned i = PRODUCERS; i < PRODUCERS + CONSUMERS; i++)
-        cr_assert_eq(test_join_code(procs[i]), 0, "round %u: consumer %u failed (failure %u, rc %d)",
-                     round, i - PRODUCERS, atomic_load(&b->failure), atomic_load(&b->failure_rc));
+        cr_assert_eq(test_join_code(procs[i]), 0,
+                     "round %u: consumer %u failed (failure %u, rc %d)", round, i - PRODUCERS,
+                     atomic_load(&b->failure), atomic_load(&b->failure_rc));
 
     uint64_t received = check_delivery(b, round, &stats);
     check_counts(queue, round);
