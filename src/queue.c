@@ -964,6 +964,13 @@ static bool stream_abandoned(struct queue_shared *shared, uint64_t tail)
     return atomic_load(&shared->tail) == tail;
 }
 
+/* A closed queue's waits return at once: a millisecond between looks instead of a spin. */
+static void pause_briefly(void)
+{
+    struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000};
+    nanosleep(&ms, NULL);
+}
+
 /*
  * Takes a streamed message whose FIRST record is at head, holding get_lock.
  * Returns 0 when complete, 1 when the stream was abandoned (the partial
@@ -983,8 +990,12 @@ static int take_stream(mproc_queue *queue, uint64_t head, struct sink *sink, siz
         if (head == tail) {
             /* No deadline and no EINTR here: the parts already taken must not be lost. */
             rc = wait_for_data(shared, tail, 0, mproc__now_ms() + LIVENESS_SLICE_MS);
-            if (rc == -ETIMEDOUT && stream_abandoned(shared, tail))
+            /* Closed, the wait returns at once: look for the producer every time then. */
+            bool closed = atomic_load(&shared->closed);
+            if ((rc == -ETIMEDOUT || closed) && stream_abandoned(shared, tail))
                 break;
+            if (closed)
+                pause_briefly();
             continue;
         }
         const struct record *rec = record_at(queue, head);

@@ -66,14 +66,23 @@ static int clocklock(pthread_mutex_t *mutex, const struct timespec *abs_time)
 }
 #endif
 
+/*
+ * Why in slices: when a robust mutex is unlocked, or its holder dies, the
+ * kernel wakes one waiter. A waiter SIGKILLed right after that wake-up takes
+ * it with it, and the others sleep on a free lock until their own deadline
+ * (seen as a 20 s stall in the queue_kill storm). Each waiter looks again
+ * after LOCK_SLICE_MS, so a lost wake-up costs that much at most.
+ */
+#define LOCK_SLICE_MS 100
+
 int mproc__mutex_lock(pthread_mutex_t *mutex, int64_t deadline)
 {
-    int rc;
-    if (deadline < 0) {
-        rc = pthread_mutex_lock(mutex);
-    } else {
-        struct timespec abs_time = mproc__deadline_timespec(deadline);
-        rc = clocklock(mutex, &abs_time);
+    for (;;) {
+        int64_t slice = mproc__now_ms() + LOCK_SLICE_MS;
+        bool last = deadline >= 0 && deadline <= slice;
+        struct timespec abs_time = mproc__deadline_timespec(last ? deadline : slice);
+        int rc = clocklock(mutex, &abs_time);
+        if (rc != ETIMEDOUT || last)
+            return -rc;
     }
-    return -rc;
 }

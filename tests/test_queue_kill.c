@@ -51,6 +51,7 @@ struct board {
     _Atomic uint64_t next_seq[PRODUCERS]; /* where a restarted producer goes on */
     _Atomic uint64_t done_logged;         /* task_done() calls that returned 0 */
     _Atomic uint32_t failure;             /* first failure a child saw (exit code too) */
+    _Atomic int32_t failure_rc;           /* the call's return code with it */
     _Atomic uint8_t state[PRODUCERS][SEQ_LIMIT];
     _Atomic uint8_t seen[PRODUCERS][SEQ_LIMIT];
 };
@@ -108,11 +109,17 @@ static size_t make_message(unsigned char *buf, uint32_t producer, uint64_t seq, 
     return sizeof(s) + payload;
 }
 
-static int fail(struct board *board, uint32_t code)
+static int fail_rc(struct board *board, uint32_t code, int rc)
 {
     uint32_t none = 0;
-    atomic_compare_exchange_strong(&board->failure, &none, code);
+    if (atomic_compare_exchange_strong(&board->failure, &none, code))
+        atomic_store(&board->failure_rc, rc);
     return (int)code;
+}
+
+static int fail(struct board *board, uint32_t code)
+{
+    return fail_rc(board, code, 0);
 }
 
 static int produce(void *arg)
@@ -131,7 +138,7 @@ static int produce(void *arg)
         size_t len = make_message(buf, r->index, seq, pick_payload(&rng));
         int rc = mproc_queue_put(r->queue, buf, len, 20000);
         if (rc != 0)
-            return fail(b, 11);
+            return fail_rc(b, 11, rc);
         atomic_store(&b->state[r->index][seq], S_ATTEMPTED | S_CONFIRMED);
     }
     return 0;
@@ -153,7 +160,7 @@ static int consume(void *arg)
         if (rc == -EPIPE)
             continue;
         if (rc != 0)
-            return fail(b, 20);
+            return fail_rc(b, 20, rc);
         struct stamp s;
         if (len < sizeof(s))
             return fail(b, 21);
@@ -321,12 +328,14 @@ static void run_round(struct board *b, unsigned round, uint64_t *rng)
     /* Producers finish, then the consumers drain to MPROC_ECLOSED. */
     atomic_store(&b->stop, 1);
     for (unsigned i = 0; i < PRODUCERS; i++)
-        cr_assert_eq(test_join_code(procs[i]), 0, "round %u: producer %u failed (failure %u)",
-                     round, i, atomic_load(&b->failure));
+        cr_assert_eq(test_join_code(procs[i]), 0,
+                     "round %u: producer %u failed (failure %u, rc %d)", round, i,
+                     atomic_load(&b->failure), atomic_load(&b->failure_rc));
     cr_assert_eq(mproc_queue_close(queue), 0);
     for (unsigned i = PRODUCERS; i < PRODUCERS + CONSUMERS; i++)
-        cr_assert_eq(test_join_code(procs[i]), 0, "round %u: consumer %u failed (failure %u)",
-                     round, i - PRODUCERS, atomic_load(&b->failure));
+        cr_assert_eq(test_join_code(procs[i]), 0,
+                     "round %u: consumer %u failed (failure %u, rc %d)", round, i - PRODUCERS,
+                     atomic_load(&b->failure), atomic_load(&b->failure_rc));
 
     uint64_t received = check_delivery(b, round, &stats);
     check_counts(queue, round);
@@ -443,5 +452,43 @@ Test(queue_kill, consumer_killed_mid_stream_makes_join_say_epipe, .timeout = 120
     /* Marked done by someone else, the count comes back to zero. */
     cr_assert_eq(mproc_queue_task_done(queue), 0);
     cr_assert_eq(mproc_queue_join(queue, 0), 0);
+    cr_assert_eq(mproc_queue_destroy(&queue), 0);
+}
+
+static int get_expect_closed(void *arg)
+{
+    void *data;
+    size_t len;
+    return mproc_queue_get(arg, &data, &len, 60000) == MPROC_ECLOSED ? 0 : 1;
+}
+
+/*
+ * The queue closed while a consumer waits for the rest of a streamed
+ * message, then its producer killed: the consumer must find the stream
+ * abandoned and return MPROC_ECLOSED (before the fix it spun forever on the
+ * closed queue's waits, holding get_lock, and never looked at the producer).
+ */
+Test(queue_kill, producer_killed_mid_stream_after_close_ends_the_get, .timeout = 120)
+{
+    mproc_queue *queue;
+    cr_assert_eq(mproc_queue_create(&queue, 0, 16384), 0);
+    mproc_process *producer = test_start(put_big, queue);
+    usleep(300000);
+    wait_state(mproc_process_pid(producer), 'S');
+    cr_assert_eq(mproc_process_signal(producer, SIGSTOP), 0);
+    wait_state(mproc_process_pid(producer), 'T');
+
+    mproc_process *consumer = test_start(get_expect_closed, queue);
+    usleep(300000);
+    wait_state(mproc_process_pid(consumer), 'S');
+    cr_assert_eq(mproc_queue_close(queue), 0);
+    cr_assert_eq(mproc_process_kill(producer), 0);
+    cr_assert_eq(test_join_code(producer), -SIGKILL);
+
+    int rc = mproc_process_join(consumer, 15000);
+    if (rc == -ETIMEDOUT)
+        mproc_process_kill(consumer);
+    cr_assert_eq(rc, 0, "the consumer still waits 15 s after the close and the kill");
+    cr_assert_eq(test_join_code(consumer), 0);
     cr_assert_eq(mproc_queue_destroy(&queue), 0);
 }
