@@ -304,8 +304,8 @@ Test(mpcp_beyond, version_is_gnu_style_with_the_project_version, .init = setup_w
                      "project() says %s, the header %s", MPROC_PROJECT_VERSION,
                      MPROC_VERSION_STRING);
     const char *lines[] = {"mpcp (mproc) " MPROC_PROJECT_VERSION "\n", "Copyright (C) ", "License ",
-                           "This is free software: you are free to change and "
-                           "redistribute it.\n",
+                           ("This is free software: you are free to change and "
+                            "redistribute it.\n"),
                            "There is NO WARRANTY, to the extent permitted by law.\n"};
     const char *at = r.out;
     for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
