@@ -90,17 +90,31 @@ void mpcp_report_summary(const struct mpcp_opts *opt, const struct mpcp_stats *s
 /* ---- progress (progress.c) ---- */
 
 struct mpcp_progress;
+
+/* An operand as the planner resolved it: its source and destination names in open folders. */
+struct mpcp_count_root {
+    int sparent, dparent;
+    const char *sbase, *dbase;
+};
+
 /*
  * Starts the progress display if wanted; *out is NULL when there is none.
- * A thread counts the sources' files and bytes for the total meanwhile.
+ * A thread counts what the copy of roots (the caller's, valid until
+ * mpcp_progress_stop) will write meanwhile: the total grows as it finds
+ * more and is final when it is done.
  */
-void mpcp_progress_start(struct mpcp_progress **out, const struct mpcp_opts *opt);
+void mpcp_progress_start(struct mpcp_progress **out, const struct mpcp_opts *opt,
+                         const struct mpcp_count_root *roots, size_t n_roots);
+/*
+ * Waits until the count is done (the bar keeps drawing). Under -n and
+ * --update the count looks at the destination as it was before the copy,
+ * so the copy starts after it. Returns early on Ctrl-C.
+ */
+void mpcp_progress_wait_count(struct mpcp_progress *p);
 void mpcp_progress_add(struct mpcp_progress *p, uint64_t files, uint64_t bytes);
 /* Called before anything else writes to stderr: erases the bar. */
 void mpcp_progress_clear(struct mpcp_progress *p);
 void mpcp_progress_stop(struct mpcp_progress **p);
-/* A file that was skipped: its bytes leave the total, so the ETA stays honest. */
-void mpcp_progress_skip(struct mpcp_progress *p, uint64_t bytes);
 
 /* ---- metadata (metadata.c) ---- */
 
@@ -141,6 +155,14 @@ struct mpcp_dev_set {
 };
 bool mpcp_dev_set_has(const struct mpcp_dev_set *s, dev_t dev);
 void mpcp_dev_set_add(struct mpcp_dev_set *s, dev_t dev);
+
+/*
+ * The bytes mpcp_copy_data() reports for a file with stat st (name in
+ * folder dfd): its size, or for a sparse copy its data extents (the file is
+ * opened only then). What the progress bar's total counts.
+ */
+uint64_t mpcp_copy_bytes(const struct mpcp_opts *opt, int dfd, const char *name,
+                         const struct stat *st);
 
 /*
  * Copies the data of src_fd (size and blocks from the walk's stat) to dst_fd

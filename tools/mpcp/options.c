@@ -152,6 +152,24 @@ static const struct option long_options[] = {
     {NULL, 0, NULL, 0},
 };
 
+#ifndef MPCP_VERSION
+#define MPCP_VERSION "unknown"
+#endif
+
+/* --version as GNU tools print it: name (package) version, copyright, license, warranty. */
+static const char *version_text(void)
+{
+    static char text[512];
+    snprintf(text, sizeof text,
+             "mpcp (mproc) %s\n"
+             "Copyright (C) 2026 the mproc authors.\n"
+             "License MIT: <https://opensource.org/licenses/MIT>.\n"
+             "This is free software: you are free to change and redistribute it.\n"
+             "There is NO WARRANTY, to the extent permitted by law.\n",
+             MPCP_VERSION);
+    return text;
+}
+
 static int usage_error(void)
 {
     fputs("Try 'mpcp --help' for more information.\n", stderr);
@@ -417,7 +435,7 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
         fputs(help_text, stdout);
         return 0;
     case OPT_VERSION:
-        printf("mpcp (mproc) %s\n", mproc_version_string());
+        fputs(version_text(), stdout);
         return 0;
     default:
         return usage_error();
