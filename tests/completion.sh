@@ -36,7 +36,7 @@ for o in $completed; do
 done
 
 # Values: what mpcp lists for a bad value, against what is completed after "OPT=".
-for o in --backup --preserve --no-preserve --reflink --sparse --update; do
+for o in --backup --preserve --no-preserve --reflink --sparse --update --write-through-symlinks; do
   valid=$({ "$mpcp" "$o=no-such-value" a b 2>&1 || true; } | sed -n 's/^  - //p' | tr -d "\342\200\230\231" |
     tr ',' '\n' | sed 's/^ *//' | grep . | sort -u)
   offered=$(complete_words "$o" "=" "" | sort -u)

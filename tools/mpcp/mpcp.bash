@@ -1,8 +1,8 @@
 # bash completion for mpcp(1).
 # Installed as bash-completion/completions/mpcp; tests/completion.sh checks
 # that it completes every long option of `mpcp --help` and every value that
-# mpcp accepts for --backup, --preserve, --no-preserve, --reflink, --sparse
-# and --update (the lists mpcp prints for a bad value), so that the two stay
+# mpcp accepts for --backup, --preserve, --no-preserve, --reflink, --sparse,
+# --update and --write-through-symlinks (the lists mpcp prints for a bad value), so that the two stay
 # in step. Needs only bash (the bash-completion package is not required).
 
 _mpcp_values()
@@ -12,6 +12,7 @@ _mpcp_values()
     --preserve | --no-preserve) echo "mode timestamps ownership links context xattr all" ;;
     --reflink | --sparse) echo "auto always never" ;;
     --update) echo "all none none-fail older" ;;
+    --write-through-symlinks) echo "safe never always" ;;
     esac
 }
 
@@ -65,7 +66,7 @@ _mpcp()
             --reflink --reflink= --remove-destination --sparse= --strip-trailing-slashes
             --symbolic-link --suffix= --target-directory= --no-target-directory --update
             --update= --verbose --one-file-system --jobs= --progress --no-progress --stats --json
-            --dry-run --quiet --inplace --help --version
+            --dry-run --quiet --inplace --write-through-symlinks= --help --version
             -a -b -d -f -H -l -L -n -P -p -R -r -s -S -t -T -u -v -x -j -q"
         mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
         if [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *= ]]; then

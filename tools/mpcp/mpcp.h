@@ -16,6 +16,8 @@
 /* ---- options (options.c) ---- */
 
 enum mpcp_deref { MPCP_DEREF_UNSET, MPCP_DEREF_NEVER, MPCP_DEREF_ALWAYS, MPCP_DEREF_CMDLINE };
+/* --write-through-symlinks: an existing destination symlink, where cp writes through it. */
+enum mpcp_through { MPCP_THROUGH_SAFE, MPCP_THROUGH_NEVER, MPCP_THROUGH_ALWAYS };
 enum mpcp_update { MPCP_UPDATE_ALL, MPCP_UPDATE_NONE, MPCP_UPDATE_NONE_FAIL, MPCP_UPDATE_OLDER };
 enum mpcp_reflink { MPCP_REFLINK_AUTO, MPCP_REFLINK_ALWAYS, MPCP_REFLINK_NEVER };
 enum mpcp_sparse { MPCP_SPARSE_AUTO, MPCP_SPARSE_ALWAYS, MPCP_SPARSE_NEVER };
@@ -46,6 +48,7 @@ struct mpcp_opts {
     int backup;         /* enum mpcp_backup: -b, --backup[=CONTROL], -S */
     const char *suffix; /* of simple backups: -S, SIMPLE_BACKUP_SUFFIX, else "~" */
     bool remove_dest;   /* --remove-destination: existing files are replaced, never written */
+    int through_links;  /* enum mpcp_through: --write-through-symlinks=WHEN */
     int reflink, sparse, progress;
     int jobs;
     char **operands;

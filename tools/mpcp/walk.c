@@ -2038,7 +2038,10 @@ static int open_parent(struct parent_cache *c, const char *path, int *fd, char *
     while (start > 0 && path[start - 1] != '/')
         start--;
     char *dir = start == 0 ? strdup(".") : strndup(path, start);
-    if (path[start] == '/' || len == start)
+    /* "" names nothing (an unset variable, say): every use of it fails with ENOENT, as cp's. */
+    if (len == 0)
+        *base = strdup("");
+    else if (path[start] == '/' || len == start)
         *base = strdup(".");
     else
         *base = strndup(path + start, len - start);
