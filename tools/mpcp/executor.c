@@ -305,6 +305,7 @@ struct ectx {
     signed char xattrs; /* the source's: -1 unknown, 0 none (already listed) */
     bool backup_due;    /* -b: the existing destination is backed up as the new one goes in */
     char backup[NAME_MAX + 1];
+    char through[PATH_MAX]; /* the text of the destination symlink written through */
     struct mpcp_result_entry *r;
     char src_q[PATH_MAX * 2], dst_q[PATH_MAX * 2];
     char msg[PATH_MAX * 5];
@@ -411,6 +412,8 @@ static bool refused_by_update(struct ectx *x)
     return false;
 }
 
+static int pin_link(struct ectx *x);
+
 /*
  * What to do with an existing destination, as cp decides it. Returns GO,
  * STOP_HERE (failed or skipped, already recorded) or THROUGH_LINK (the
@@ -454,7 +457,7 @@ static int check_existing(struct ectx *x, const struct stat *d)
         fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
         return STOP_HERE;
     }
-    return THROUGH_LINK;
+    return pin_link(x) < 0 ? STOP_HERE : THROUGH_LINK;
 }
 
 /*
@@ -695,6 +698,73 @@ static const struct stat *dir_stat(struct ectx *x)
         return NULL;
     td->stated = true;
     return &td->st;
+}
+
+/*
+ * Whether cp's write through the destination symlink ls (the link's own
+ * stat) is safe: the kernel's protected_symlinks rule (fs/namei.c,
+ * may_follow_link) lets a process follow a link that it owns, or any link
+ * in a folder that is not both sticky and world-writable, or one owned by
+ * the folder's owner. That leaves open a folder of another user: its owner
+ * plants a link to a file of ours and we write into that file. So mpcp
+ * follows only a link that is ours (our euid, as the kernel's fsuid), or any
+ * link in a folder that is ours and that nobody else may write to (no group
+ * or other write bit; an ACL's named entries show in the group bits), where
+ * no one else can have put it. Returns NULL, or the reason for a refusal.
+ */
+static const char *unsafe_link(struct ectx *x, const struct stat *ls)
+{
+    if (x->opt->through_links == MPCP_THROUGH_ALWAYS)
+        return NULL;
+    if (x->opt->through_links == MPCP_THROUGH_NEVER)
+        return "not writing through symlink %s (--write-through-symlinks=never)";
+    if (ls->st_uid == my_uid())
+        return NULL;
+    const struct stat *dir = dir_stat(x);
+    if (!dir || dir->st_uid != my_uid())
+        return "not writing through symlink %s: neither it nor its folder is this user's";
+    if (dir->st_mode & (S_IWGRP | S_IWOTH))
+        return "not writing through symlink %s: it is another user's, in a folder others can "
+               "write to";
+    return NULL;
+}
+
+/*
+ * Pins the destination symlink that cp would write through, in one step
+ * that a swap cannot win: the link itself is opened (O_PATH|O_NOFOLLOW,
+ * relative to the folder's fd), its owner judged from that fd, and its text
+ * read from it; the write then opens that text relative to the folder, as
+ * the kernel would resolve the link. A link swapped for another after this
+ * changes nothing: the text is the judged link's. Returns 0, or -1 (recorded).
+ */
+static int pin_link(struct ectx *x)
+{
+    int fd = openat(x->dfd, x->e->dst_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        fail(x, errno, "cannot stat %s", dst_q(x), NULL);
+        return -1;
+    }
+    struct stat ls;
+    const char *why = NULL;
+    ssize_t n = -1;
+    if (fstatat(fd, "", &ls, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+        fail(x, errno, "cannot stat %s", dst_q(x), NULL);
+    } else if (!S_ISLNK(ls.st_mode)) {
+        why = "not writing through %s: it stopped being a symlink while being checked";
+    } else {
+        why = unsafe_link(x, &ls);
+        if (!why)
+            n = readlinkat(fd, "", x->through, sizeof x->through);
+        if (!why && (n < 0 || (size_t)n >= sizeof x->through))
+            fail(x, n < 0 ? errno : ENAMETOOLONG, "cannot read symbolic link %s", dst_q(x), NULL);
+    }
+    close(fd);
+    if (why)
+        fail(x, 0, why, dst_q(x), NULL);
+    if (why || n < 0 || (size_t)n >= sizeof x->through)
+        return -1;
+    x->through[n] = '\0';
+    return 0;
 }
 
 /*
@@ -950,7 +1020,7 @@ static int open_dest_once(struct ectx *x, int sfd, bool exists, bool through, ch
     mode_t mode = x->made_here && !exists ? create_mode(x, sfd) : 0600;
     x->made_mode = mode == 0600 ? 0 : mode;
     if (through) {
-        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+        fd = openat(x->dfd, x->through, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
     } else if (x->opt->inplace && exists) {
         fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
     } else if (x->opt->inplace) {

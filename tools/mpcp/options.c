@@ -70,6 +70,12 @@ static const char help_text[] =
     "      --dry-run                show what would be copied; change nothing\n"
     "  -q, --quiet                  print nothing but errors\n"
     "      --inplace                write existing files in place, not atomically\n"
+    "      --write-through-symlinks=WHEN  write a file through an existing\n"
+    "                                 destination symlink, as cp does: safe\n"
+    "                                 (default: only a symlink of this user, or\n"
+    "                                 in a folder of this user that no one else\n"
+    "                                 can write to; others are refused), never,\n"
+    "                                 always (as cp)\n"
     "      --help                   display this help and exit\n"
     "      --version                output version information and exit\n"
     "\n"
@@ -104,6 +110,7 @@ enum {
     OPT_STRIP_SLASHES,
     OPT_BACKUP,
     OPT_REMOVE_DEST,
+    OPT_THROUGH,
     OPT_HELP,
     OPT_VERSION,
 };
@@ -139,10 +146,29 @@ static const struct option long_options[] = {
     {"dry-run", no_argument, NULL, OPT_DRY_RUN},
     {"quiet", no_argument, NULL, 'q'},
     {"inplace", no_argument, NULL, OPT_INPLACE},
+    {"write-through-symlinks", required_argument, NULL, OPT_THROUGH},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
 };
+
+#ifndef MPCP_VERSION
+#define MPCP_VERSION "unknown"
+#endif
+
+/* --version as GNU tools print it: name (package) version, copyright, license, warranty. */
+static const char *version_text(void)
+{
+    static char text[512];
+    snprintf(text, sizeof text,
+             "mpcp (mproc) %s\n"
+             "Copyright (C) 2026 the mproc authors.\n"
+             "License MIT: <https://opensource.org/licenses/MIT>.\n"
+             "This is free software: you are free to change and redistribute it.\n"
+             "There is NO WARRANTY, to the extent permitted by law.\n",
+             MPCP_VERSION);
+    return text;
+}
 
 static int usage_error(void)
 {
@@ -347,6 +373,7 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
     static const char *const reflink_words[] = {"auto", "always", "never", NULL};
     static const char *const sparse_words[] = {"auto", "always", "never", NULL};
     static const char *const update_words[] = {"all", "none", "none-fail", "older", NULL};
+    static const char *const through_words[] = {"safe", "never", "always", NULL};
     switch (c) {
     case OPT_PRESERVE:
         if (!arg) {
@@ -399,6 +426,8 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
         backup_args.wanted = true;
         backup_args.control = arg;
         return -1;
+    case OPT_THROUGH:
+        return parse_enum(&opt->through_links, arg, "--write-through-symlinks", through_words);
     case OPT_REMOVE_DEST:
         opt->remove_dest = true;
         return -1;
@@ -406,7 +435,7 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
         fputs(help_text, stdout);
         return 0;
     case OPT_VERSION:
-        printf("mpcp (mproc) %s\n", mproc_version_string());
+        fputs(version_text(), stdout);
         return 0;
     default:
         return usage_error();
