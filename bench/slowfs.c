@@ -282,8 +282,7 @@ static int sf_fsync(const char *path, int datasync, struct fuse_file_info *fi)
     return neg(datasync ? fdatasync((int)fi->fh) : fsync((int)fi->fh));
 }
 
-static int sf_fallocate(const char *path, int mode, off_t off, off_t len,
-                        struct fuse_file_info *fi)
+static int sf_fallocate(const char *path, int mode, off_t off, off_t len, struct fuse_file_info *fi)
 {
     (void)path;
     round_trip();

@@ -327,8 +327,8 @@ static int sweep_temporaries(void)
     return n;
 }
 
-Test(mpcp_slowfs, worker_killed_mid_copy_is_retried, .init = mount_slowfs,
-     .fini = unmount_slowfs, .timeout = 240)
+Test(mpcp_slowfs, worker_killed_mid_copy_is_retried, .init = mount_slowfs, .fini = unmount_slowfs,
+     .timeout = 240)
 {
     make_tree(150);
     pid_t pid = start_mpcp_quiet(work, (const char *const[]){"-a", "s", "mnt/o", NULL});
