@@ -46,6 +46,9 @@ struct mpcp_opts {
     int backup;         /* enum mpcp_backup: -b, --backup[=CONTROL], -S */
     const char *suffix; /* of simple backups: -S, SIMPLE_BACKUP_SUFFIX, else "~" */
     bool remove_dest;   /* --remove-destination: existing files are replaced, never written */
+    bool interactive;   /* -i: ask before replacing an existing destination (one process) */
+    bool attributes_only; /* --attributes-only: metadata only; an existing file keeps its data */
+    bool copy_contents; /* --copy-contents: with -R, fifos and devices are read as files */
     int reflink, sparse, progress;
     int jobs;
     char **operands;
@@ -69,6 +72,9 @@ size_t mpcp_quote_if_needed(char *buf, size_t size, const char *name);
  * that no format string is ever variable.
  */
 void mpcp_format(char *out, size_t size, const char *tmpl, const char *a, const char *b);
+
+/* The name messages start with: "mpcp", or "cp" when run under that name. */
+extern const char *mpcp_program;
 
 /* Prints "mpcp: " + msg (+ ": " + the text of errno err, if err) + newline to stderr. */
 void mpcp_error(int err, const char *msg);
