@@ -8,10 +8,10 @@
  * stays ours until that call succeeds, so signalling while holding the same
  * lock can never hit a recycled pid.
  *
- * Lock order: registry_lock before a handle's lock, except that start()
- * adds its handle to the registry while it holds that handle's lock (it
- * takes no other lock after that until it lets go); fork_lock before
- * registry_lock.
+ * Lock order: registry_lock before a handle's lock, without exception:
+ * start() adds its handle to the registry before it takes the handle's lock
+ * (ThreadSanitizer reported the inversion against destroy()); fork_lock
+ * before registry_lock.
  */
 #define _GNU_SOURCE
 #include "internal.h"
@@ -307,8 +307,8 @@ static void registry_remove(mproc_process *proc)
 
 /*
  * Forks with every signal blocked. Called with proc->lock held on a handle
- * in STATE_CREATED; the handle is marked started and registered before the
- * fork, so that the parent writes as little as possible after it. On
+ * in STATE_CREATED, already registered; the handle is marked started before
+ * the fork, so that the parent writes as little as possible after it. On
  * failure the handle is back in STATE_CREATED but still registered: the
  * caller unregisters it once it has dropped proc->lock (lock order).
  */
@@ -329,7 +329,6 @@ static int fork_child(mproc_process *proc, bool pidfd)
     flush_pending(stdout);
     flush_pending(stderr);
     proc->state = STATE_STARTED;
-    registry_add(proc);
 
     sigset_t all, old;
     sigfillset(&all);
@@ -372,6 +371,8 @@ int mproc_process_start(mproc_process *proc)
     if (proc->owner != getpid())
         return -ECHILD;
     bool pidfd = use_pidfd();
+    /* Registered first (lock order); until the fork it counts as a child being started. */
+    registry_add(proc);
     pthread_mutex_lock(&proc->lock);
     int rc = proc->state == STATE_CREATED ? fork_child(proc, pidfd) : -EALREADY;
     pthread_mutex_unlock(&proc->lock);

@@ -59,7 +59,7 @@
 #include <unistd.h>
 
 #define QUEUE_MAGIC          0x6d707175u /* "mpqu" */
-#define QUEUE_LAYOUT_VERSION 1
+#define QUEUE_LAYOUT_VERSION 3
 #define MAX_PEERS            128
 #define RECORD_ALIGN         16
 #define RECORD_HEADER        16
@@ -74,16 +74,24 @@
 enum record_flag { F_FIRST = 1, F_LAST = 2, F_PAD = 4 };
 enum peer_role { ROLE_PRODUCER = 1, ROLE_CONSUMER = 2 };
 
+/*
+ * A slot's taken word (joinable): messages taken and not yet marked done, and
+ * TAKING while a get that has added to it is not yet committed. One atomic
+ * operation sets both, so a repairer knows whether to undo the addition.
+ */
+#define TAKING     ((uint64_t)1 << 63)
+#define TAKEN_MASK (TAKING - 1)
+
 struct peer_slot {
     _Atomic int32_t pid;
     _Atomic uint32_t roles;
     _Atomic uint64_t start_time;
-    _Atomic int64_t taken; /* joinable: messages taken and not yet marked done */
+    _Atomic uint64_t taken;
 };
 
 /* Padded on purpose: each side's fields own their cache line. */
 struct queue_shared { // NOLINT(clang-analyzer-optin.performance.Padding)
-    uint32_t magic;
+    _Atomic uint32_t magic;
     uint32_t version;
     uint64_t capacity;
     uint64_t max_messages;
@@ -93,17 +101,28 @@ struct queue_shared { // NOLINT(clang-analyzer-optin.performance.Padding)
     _Atomic uint32_t had_producer;
     _Atomic uint32_t had_consumer;
 
-    /* Producers' line: written under put_lock. */
+    /*
+     * Producers' line: written under put_lock. put_count runs ahead of tail
+     * while a put is under way; the journal (what the put will commit, and
+     * put_count before it) lets the next locker undo that if the producer
+     * died before its commit.
+     */
     alignas(64) pthread_mutex_t put_lock;
     _Atomic uint64_t tail;
     _Atomic uint64_t put_count;
     uint64_t seen_head; /* head as producers last read it: room is at least that */
+    _Atomic uint64_t journal_tail;
+    _Atomic uint64_t journal_put_count;
 
-    /* Consumers' line: written under get_lock. */
+    /* Consumers' line: written under get_lock, journalled as the producers' is. */
     alignas(64) pthread_mutex_t get_lock;
     _Atomic uint64_t head;
     _Atomic uint64_t get_count;
     uint64_t seen_tail; /* tail as consumers last read it: data is at least that */
+    _Atomic uint64_t journal_head;
+    _Atomic uint64_t journal_get_count;
+    _Atomic uint64_t journal_taken; /* messages added to the taker's slot */
+    _Atomic int32_t journal_slot;   /* the taker's slot, -1: none */
 
     alignas(64) _Atomic uint32_t data_seq;
     _Atomic uint32_t consumers_waiting; /* flag: a consumer may sleep on data_seq */
@@ -112,9 +131,16 @@ struct queue_shared { // NOLINT(clang-analyzer-optin.performance.Padding)
     _Atomic uint32_t producers_waiting; /* flag: a producer may sleep on space_seq */
     _Atomic uint64_t space_wanted;      /* bytes the latest sleeping producer waits for */
 
-    alignas(64) _Atomic uint64_t unfinished;
+    /* Joinable: unfinished = put_count - done_count, so it follows put_count's repairs. */
+    alignas(64) _Atomic uint64_t done_count;
     _Atomic uint32_t done_seq;
     _Atomic uint32_t joiners_waiting;
+    /*
+     * Flag: a consumer died part way through a streamed message, which the
+     * next one skipped. It was counted as put and no one holds it: it can
+     * never be marked done, as one a dead taker held.
+     */
+    _Atomic uint32_t lost_with_taker;
 
     alignas(64) struct peer_slot peers[MAX_PEERS];
 };
@@ -126,10 +152,12 @@ struct mproc_queue {
     unsigned char *ring;
     uint64_t capacity;
     uint64_t mask;
-    /* Registration of the process using this handle; reset after fork. */
-    unsigned generation;
-    unsigned roles;
-    int slot;
+    /*
+     * Registration of the process using this handle, reset after fork: fork
+     * generation << 32 | roles << 16 | slot + 1, in one word because several
+     * threads may register through the same handle at once.
+     */
+    _Atomic uint64_t registration;
 };
 
 struct record {
@@ -176,9 +204,7 @@ static void bind_handle(mproc_queue *queue)
     queue->capacity = queue->shared->capacity;
     queue->mask = queue->capacity - 1;
     queue->ring = (unsigned char *)queue->region.addr + queue->shared->ring_offset;
-    queue->generation = mproc__fork_generation();
-    queue->roles = 0;
-    queue->slot = -1;
+    atomic_store(&queue->registration, (uint64_t)mproc__fork_generation() << 32);
 }
 
 static int init_shared(struct queue_shared *shared, uint64_t capacity, uint64_t max_messages,
@@ -188,13 +214,13 @@ static int init_shared(struct queue_shared *shared, uint64_t capacity, uint64_t 
     shared->max_messages = max_messages;
     shared->ring_offset = ring_offset;
     shared->joinable = joinable;
+    atomic_store(&shared->journal_slot, -1);
     int rc = mproc__mutex_init(&shared->put_lock);
     if (rc == 0)
         rc = mproc__mutex_init(&shared->get_lock);
     shared->version = QUEUE_LAYOUT_VERSION;
     /* Last: a queue that attaches sees the magic only once the rest is set. */
-    atomic_thread_fence(memory_order_release);
-    shared->magic = QUEUE_MAGIC;
+    atomic_store_explicit(&shared->magic, QUEUE_MAGIC, memory_order_release);
     return rc;
 }
 
@@ -257,7 +283,8 @@ int mproc_queue_attach(mproc_queue **out, int fd)
     int rc = mproc__region_attach(&queue->region, fd);
     if (rc == 0) {
         const struct queue_shared *shared = queue->region.addr;
-        bool fits = queue->region.size >= sizeof(*shared) && shared->magic == QUEUE_MAGIC &&
+        bool fits = queue->region.size >= sizeof(*shared) &&
+                    atomic_load_explicit(&shared->magic, memory_order_acquire) == QUEUE_MAGIC &&
                     shared->version == QUEUE_LAYOUT_VERSION &&
                     shared->ring_offset + shared->capacity == queue->region.size;
         rc = fits ? 0 : -EINVAL;
@@ -303,7 +330,7 @@ static int claim_slot(struct queue_shared *shared, pid_t self, uint64_t start_ti
     for (int i = 0; i < MAX_PEERS; i++) {
         struct peer_slot *slot = &shared->peers[i];
         int32_t pid = atomic_load(&slot->pid);
-        if (pid != 0 && (slot_alive(slot) || atomic_load(&slot->taken) > 0))
+        if (pid != 0 && (slot_alive(slot) || atomic_load(&slot->taken) != 0))
             continue; /* a dead process's unfinished messages keep its slot for join() */
         if (!atomic_compare_exchange_strong(&slot->pid, &pid, self))
             continue;
@@ -315,6 +342,21 @@ static int claim_slot(struct queue_shared *shared, pid_t self, uint64_t start_ti
     return -1;
 }
 
+static uint64_t pack_registration(unsigned generation, unsigned roles, int slot)
+{
+    return (uint64_t)generation << 32 | (uint64_t)(roles & 0xffff) << 16 |
+           (uint64_t)(uint16_t)(slot + 1);
+}
+
+/* This process's slot in the peer table, -1 if it has none (yet, or since fork). */
+static int handle_slot(const mproc_queue *queue)
+{
+    uint64_t word = atomic_load(&queue->registration);
+    if ((unsigned)(word >> 32) != mproc__fork_generation())
+        return -1;
+    return (int)(word & 0xffff) - 1;
+}
+
 /*
  * Records that this process puts (or takes). Cheap after the first call in a
  * process: the handle caches it, and forgets it in a child after fork.
@@ -322,23 +364,34 @@ static int claim_slot(struct queue_shared *shared, pid_t self, uint64_t start_ti
 static void register_role(mproc_queue *queue, unsigned role)
 {
     unsigned generation = mproc__fork_generation();
-    if (queue->generation != generation) {
-        queue->generation = generation;
-        queue->roles = 0;
-        queue->slot = -1;
-    }
-    if (queue->roles & role)
+    uint64_t word = atomic_load(&queue->registration);
+    bool current = (unsigned)(word >> 32) == generation;
+    unsigned roles = current ? (unsigned)(word >> 16) & 0xffff : 0;
+    if (roles & role)
         return;
     struct queue_shared *shared = queue->shared;
-    if (queue->slot < 0) {
+    int slot = current ? (int)(word & 0xffff) - 1 : -1;
+    if (slot < 0) {
         pid_t self = getpid();
-        queue->slot = claim_slot(shared, self, mproc__pid_start_time(self));
+        /* Another thread claiming at once finds this process's slot, or a second one. */
+        slot = claim_slot(shared, self, mproc__pid_start_time(self));
     }
     /* With a full table this process is not watched: waiters may wait longer, never less. */
-    if (queue->slot >= 0)
-        atomic_fetch_or(&shared->peers[queue->slot].roles, role);
+    if (slot >= 0)
+        atomic_fetch_or(&shared->peers[slot].roles, role);
     atomic_store(role == ROLE_PRODUCER ? &shared->had_producer : &shared->had_consumer, 1);
-    queue->roles |= role;
+    /* Merge with what other threads registered meanwhile; keep the slot one of them set. */
+    for (;;) {
+        current = (unsigned)(word >> 32) == generation;
+        unsigned have = current ? (unsigned)(word >> 16) & 0xffff : 0;
+        int have_slot = current ? (int)(word & 0xffff) - 1 : -1;
+        uint64_t next =
+            pack_registration(generation, have | role, have_slot >= 0 ? have_slot : slot);
+        if (have_slot >= 0 && slot >= 0 && have_slot != slot)
+            atomic_fetch_or(&shared->peers[have_slot].roles, role);
+        if (atomic_compare_exchange_weak(&queue->registration, &word, next))
+            return;
+    }
 }
 
 /* Whether some process that registered in role may still act: false only when all have died. */
@@ -365,15 +418,65 @@ static bool role_gone(const struct queue_shared *shared, unsigned role)
 
 /* ---- locking and waking ---- */
 
-static int lock_side(pthread_mutex_t *mutex, int64_t deadline)
+/*
+ * A producer died holding put_lock. tail is what it committed; put_count may
+ * count a message whose tail store never happened: set it back.
+ */
+static void repair_puts(struct queue_shared *shared)
+{
+    if (atomic_load(&shared->tail) != atomic_load(&shared->journal_tail))
+        atomic_store(&shared->put_count, atomic_load(&shared->journal_put_count));
+}
+
+/*
+ * A consumer died holding get_lock: the same for get_count, and for what it
+ * added to its slot's taken count (kept if its head store happened, undone if
+ * not). A journal it did not finish still names the head already committed,
+ * and then nothing was changed yet: its TAKING bit is not set.
+ */
+static void repair_gets(struct queue_shared *shared)
+{
+    bool committed = atomic_load(&shared->head) == atomic_load(&shared->journal_head);
+    if (!committed)
+        atomic_store(&shared->get_count, atomic_load(&shared->journal_get_count));
+    int32_t slot = atomic_load(&shared->journal_slot);
+    if (slot < 0 || slot >= MAX_PEERS || !(atomic_load(&shared->peers[slot].taken) & TAKING))
+        return;
+    uint64_t undo = TAKING + (committed ? 0 : atomic_load(&shared->journal_taken));
+    atomic_fetch_sub(&shared->peers[slot].taken, undo);
+}
+
+typedef void (*repair_fn)(struct queue_shared *shared);
+
+static int lock_side(struct queue_shared *shared, pthread_mutex_t *mutex, repair_fn repair,
+                     int64_t deadline)
 {
     int rc = mproc__mutex_lock(mutex, deadline);
     if (rc == -EOWNERDEAD) {
-        /* Committed counters are always consistent: nothing to repair (see top). */
+        repair(shared);
         pthread_mutex_consistent(mutex);
         rc = 0;
     }
     return rc;
+}
+
+/* Repairs a side whose lock a dead process holds; a live holder is left alone. */
+static void recover_side(struct queue_shared *shared, pthread_mutex_t *mutex, repair_fn repair)
+{
+    int rc = pthread_mutex_trylock(mutex);
+    if (rc == EOWNERDEAD) {
+        repair(shared);
+        pthread_mutex_consistent(mutex);
+    }
+    if (rc == 0 || rc == EOWNERDEAD)
+        pthread_mutex_unlock(mutex);
+}
+
+/* Makes the counts exact before they are reported: no dead process's half-done step in them. */
+static void recover(struct queue_shared *shared)
+{
+    recover_side(shared, &shared->put_lock, repair_puts);
+    recover_side(shared, &shared->get_lock, repair_gets);
 }
 
 /*
@@ -595,18 +698,19 @@ static uint64_t write_record(mproc_queue *queue, uint64_t tail, unsigned flags, 
     return tail + rec;
 }
 
-/* Makes records up to new_tail visible, counting `messages` whole messages. */
+/*
+ * Makes records up to new_tail visible, counting `messages` whole messages.
+ * The tail store commits; the journal before it lets repair_puts() undo the
+ * count of a producer killed before that store.
+ */
 static void publish(struct queue_shared *shared, uint64_t new_tail, uint64_t messages)
 {
-    if (messages) {
-        /* Only holders of put_lock write it: no read-modify-write needed. */
-        atomic_store_explicit(&shared->put_count,
-                              atomic_load_explicit(&shared->put_count, memory_order_relaxed) +
-                                  messages,
-                              memory_order_release);
-        if (shared->joinable)
-            atomic_fetch_add(&shared->unfinished, messages);
-    }
+    /* Only holders of put_lock write these: no read-modify-write needed. */
+    uint64_t put = atomic_load_explicit(&shared->put_count, memory_order_relaxed);
+    atomic_store_explicit(&shared->journal_put_count, put, memory_order_relaxed);
+    atomic_store_explicit(&shared->journal_tail, new_tail, memory_order_release);
+    if (messages)
+        atomic_store_explicit(&shared->put_count, put + messages, memory_order_release);
     atomic_store(&shared->tail, new_tail);
     wake_consumers(shared);
 }
@@ -626,7 +730,7 @@ static int lock_with_room(mproc_queue *queue, uint64_t rec, bool counting_messag
 {
     struct queue_shared *shared = queue->shared;
     for (;;) {
-        int rc = lock_side(&shared->put_lock, deadline);
+        int rc = lock_side(shared, &shared->put_lock, repair_puts, deadline);
         if (rc < 0)
             return rc;
         if (atomic_load(&shared->closed)) {
@@ -767,17 +871,30 @@ static uint64_t record_length(const struct record *rec)
     return rec->word & LENGTH_MASK;
 }
 
-/* Consumes records up to new_head and wakes producers that wait for room. */
-static void release(struct queue_shared *shared, uint64_t new_head, uint64_t messages)
+/*
+ * Consumes records up to new_head, holding `messages` whole messages (ends of
+ * messages, taken or skipped), and wakes producers that wait for room. The
+ * head store commits; get_count and the taker's slot (joinable) change just
+ * before it, journalled so that repair_gets() can undo them for a consumer
+ * killed before that store, or finish them for one killed after.
+ */
+static void release(mproc_queue *queue, uint64_t new_head, uint64_t messages, bool taken)
 {
+    struct queue_shared *shared = queue->shared;
+    int32_t slot = shared->joinable && taken && messages ? handle_slot(queue) : -1;
+    /* Only holders of get_lock write these: no read-modify-write needed. */
+    uint64_t got = atomic_load_explicit(&shared->get_count, memory_order_relaxed);
+    atomic_store_explicit(&shared->journal_get_count, got, memory_order_relaxed);
+    atomic_store_explicit(&shared->journal_taken, messages, memory_order_relaxed);
+    atomic_store_explicit(&shared->journal_slot, slot, memory_order_relaxed);
+    atomic_store_explicit(&shared->journal_head, new_head, memory_order_release);
+    if (messages)
+        atomic_store_explicit(&shared->get_count, got + messages, memory_order_release);
+    if (slot >= 0)
+        atomic_fetch_add(&shared->peers[slot].taken, TAKING + messages);
     atomic_store(&shared->head, new_head);
-    if (messages) {
-        /* Only holders of get_lock write it: no read-modify-write needed. */
-        atomic_store_explicit(&shared->get_count,
-                              atomic_load_explicit(&shared->get_count, memory_order_relaxed) +
-                                  messages,
-                              memory_order_release);
-    }
+    if (slot >= 0)
+        atomic_fetch_sub(&shared->peers[slot].taken, TAKING);
     wake_producers(shared);
 }
 
@@ -789,16 +906,24 @@ static void release(struct queue_shared *shared, uint64_t new_head, uint64_t mes
 static uint64_t skip_to_message(mproc_queue *queue, uint64_t head, uint64_t tail)
 {
     uint64_t start = head;
+    /* A LAST skipped ends a message that was counted as put (its taker died): count it out. */
+    uint64_t ends = 0;
     while (head != tail) {
         const struct record *rec = record_at(queue, head);
         unsigned flags = record_flags(rec);
         if (flags & F_FIRST)
             break;
-        head +=
-            flags & F_PAD ? RECORD_HEADER + record_length(rec) : record_size(record_length(rec));
+        if (flags & F_PAD) {
+            head += RECORD_HEADER + record_length(rec);
+            continue;
+        }
+        ends += (flags & F_LAST) != 0;
+        head += record_size(record_length(rec));
     }
+    if (ends && queue->shared->joinable)
+        atomic_store(&queue->shared->lost_with_taker, 1);
     if (head != start)
-        release(queue->shared, head, 0);
+        release(queue, head, ends, false);
     return head;
 }
 
@@ -831,10 +956,19 @@ static bool stream_abandoned(struct queue_shared *shared, uint64_t tail)
     int rc = pthread_mutex_trylock(&shared->put_lock);
     if (rc == EBUSY)
         return false;
-    if (rc == EOWNERDEAD)
+    if (rc == EOWNERDEAD) {
+        repair_puts(shared);
         pthread_mutex_consistent(&shared->put_lock);
+    }
     pthread_mutex_unlock(&shared->put_lock);
     return atomic_load(&shared->tail) == tail;
+}
+
+/* A closed queue's waits return at once: a millisecond between looks instead of a spin. */
+static void pause_briefly(void)
+{
+    struct timespec ms = {.tv_sec = 0, .tv_nsec = 1000000};
+    nanosleep(&ms, NULL);
 }
 
 /*
@@ -856,8 +990,12 @@ static int take_stream(mproc_queue *queue, uint64_t head, struct sink *sink, siz
         if (head == tail) {
             /* No deadline and no EINTR here: the parts already taken must not be lost. */
             rc = wait_for_data(shared, tail, 0, mproc__now_ms() + LIVENESS_SLICE_MS);
-            if (rc == -ETIMEDOUT && stream_abandoned(shared, tail))
+            /* Closed, the wait returns at once: look for the producer every time then. */
+            bool closed = atomic_load(&shared->closed);
+            if ((rc == -ETIMEDOUT || closed) && stream_abandoned(shared, tail))
                 break;
+            if (closed)
+                pause_briefly();
             continue;
         }
         const struct record *rec = record_at(queue, head);
@@ -875,11 +1013,11 @@ static int take_stream(mproc_queue *queue, uint64_t head, struct sink *sink, siz
         copied += frag;
         first = false;
         head += record_size(frag);
-        release(shared, head, flags & F_LAST ? 1 : 0);
+        release(queue, head, flags & F_LAST ? 1 : 0, true);
         if (flags & F_LAST)
             return 0;
     }
-    release(shared, head, 0);
+    release(queue, head, 0, false);
     drop_sink(sink);
     return 1;
 }
@@ -894,14 +1032,8 @@ static int take_record(mproc_queue *queue, uint64_t head, struct sink *sink, siz
         return rc;
     if (n)
         memcpy(sink->buf, (const unsigned char *)rec + RECORD_HEADER, n);
-    release(queue->shared, head + record_size(n), 1);
+    release(queue, head + record_size(n), 1, true);
     return 0;
-}
-
-static void count_taken(mproc_queue *queue, uint64_t messages)
-{
-    if (queue->shared->joinable && queue->slot >= 0)
-        atomic_fetch_add(&queue->shared->peers[queue->slot].taken, (int64_t)messages);
 }
 
 /*
@@ -913,7 +1045,7 @@ static int lock_with_message(mproc_queue *queue, int timeout_ms, int64_t deadlin
 {
     struct queue_shared *shared = queue->shared;
     for (;;) {
-        int rc = lock_side(&shared->get_lock, deadline);
+        int rc = lock_side(shared, &shared->get_lock, repair_gets, deadline);
         if (rc < 0)
             return rc;
         /* Read the producers' line only when what was seen of it is used up. */
@@ -952,8 +1084,6 @@ static int take(mproc_queue *queue, struct sink *sink, size_t *len, int timeout_
         else
             rc = take_stream(queue, head, sink, len);
         pthread_mutex_unlock(&shared->get_lock);
-        if (rc == 0)
-            count_taken(queue, 1);
         if (rc != 1)
             return rc;
     }
@@ -1033,9 +1163,8 @@ int mproc_queue_get_many(mproc_queue *queue, void *buf, size_t cap, struct iovec
         pthread_mutex_unlock(&shared->get_lock);
         return -EMSGSIZE;
     }
-    release(shared, head, taken);
+    release(queue, head, taken, true);
     pthread_mutex_unlock(&shared->get_lock);
-    count_taken(queue, taken);
     *count = taken;
     return 0;
 }
@@ -1046,6 +1175,7 @@ int mproc_queue_size(mproc_queue *queue, size_t *count)
 {
     if (!valid(queue) || !count)
         return -EINVAL;
+    recover(queue->shared);
     /* Read get_count first: a message counted as taken is also counted as put. */
     uint64_t got = atomic_load(&queue->shared->get_count);
     uint64_t put = atomic_load(&queue->shared->put_count);
@@ -1067,7 +1197,8 @@ int mproc_queue_full(mproc_queue *queue, bool *full)
 {
     if (!valid(queue) || !full)
         return -EINVAL;
-    const struct queue_shared *shared = queue->shared;
+    struct queue_shared *shared = queue->shared;
+    recover(shared);
     uint64_t tail = atomic_load(&shared->tail);
     /* Full means the smallest message would wait. */
     *full = message_slots_full(shared) || !has_room(queue, tail, record_size(0));
@@ -1090,20 +1221,47 @@ int mproc_queue_close(mproc_queue *queue)
 
 /* ---- JoinableQueue ---- */
 
+/* Messages put and not yet marked done, from the counts as they are. */
+static uint64_t unfinished(const struct queue_shared *shared)
+{
+    uint64_t done = atomic_load(&shared->done_count);
+    uint64_t put = atomic_load(&shared->put_count);
+    return put > done ? put - done : 0;
+}
+
+/* Takes one from this process's slot, if it holds any (the TAKING bit stays). */
+static void untake(struct peer_slot *slot)
+{
+    uint64_t word = atomic_load(&slot->taken);
+    while ((word & TAKEN_MASK) > 0 && !atomic_compare_exchange_weak(&slot->taken, &word, word - 1))
+        ;
+}
+
 int mproc_queue_task_done(mproc_queue *queue)
 {
     if (!valid(queue) || !queue->shared->joinable)
         return -EINVAL;
     struct queue_shared *shared = queue->shared;
-    uint64_t unfinished = atomic_load(&shared->unfinished);
-    do {
-        if (unfinished == 0)
+    uint64_t done = atomic_load(&shared->done_count);
+    for (;;) {
+        /* Near the bound, put_count must not count a dead producer's uncommitted put. */
+        if (unfinished(shared) <= 1)
+            recover(shared);
+        if (done >= atomic_load(&shared->put_count))
             return -EOVERFLOW;
-    } while (!atomic_compare_exchange_weak(&shared->unfinished, &unfinished, unfinished - 1));
+        if (atomic_compare_exchange_weak(&shared->done_count, &done, done + 1))
+            break;
+    }
+    /*
+     * The global count first: killed between the two, this process is taken
+     * for a dead taker (join() says -EPIPE while others are unfinished)
+     * rather than leaving a count that nothing can ever finish.
+     */
     register_role(queue, ROLE_CONSUMER);
-    if (queue->slot >= 0 && atomic_load(&shared->peers[queue->slot].taken) > 0)
-        atomic_fetch_sub(&shared->peers[queue->slot].taken, 1);
-    if (unfinished == 1)
+    int slot = handle_slot(queue);
+    if (slot >= 0)
+        untake(&shared->peers[slot]);
+    if (unfinished(shared) == 0)
         wake(&shared->joiners_waiting, &shared->done_seq);
     return 0;
 }
@@ -1113,7 +1271,7 @@ static bool dead_taker(const struct queue_shared *shared)
 {
     for (int i = 0; i < MAX_PEERS; i++) {
         const struct peer_slot *slot = &shared->peers[i];
-        if (atomic_load(&slot->taken) > 0 && !slot_alive(slot))
+        if ((atomic_load(&slot->taken) & TAKEN_MASK) > 0 && !slot_alive(slot))
             return true;
     }
     return false;
@@ -1129,9 +1287,10 @@ int mproc_queue_join(mproc_queue *queue, int timeout_ms)
     for (;;) {
         uint32_t ticket = atomic_load(&shared->done_seq);
         atomic_store(&shared->joiners_waiting, 1);
-        if (atomic_load(&shared->unfinished) == 0)
+        recover(shared);
+        if (unfinished(shared) == 0)
             break;
-        if (dead_taker(shared)) {
+        if (dead_taker(shared) || atomic_load(&shared->lost_with_taker)) {
             rc = -EPIPE;
             break;
         }

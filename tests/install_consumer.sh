@@ -16,4 +16,15 @@ export PKG_CONFIG_PATH="$libdir"
 sed -i "s|^prefix=.*|prefix=$work/prefix|" "$libdir/mproc.pc"
 cc -o "$work/pc_consumer" "$consumer_src/main.c" $(pkg-config --cflags --libs mproc)
 LD_LIBRARY_PATH="$(dirname "$libdir")" "$work/pc_consumer"
+# With MPI built: the component "mpi" and pkg-config mproc-mpi as well.
+if [ -f "$libdir/mproc-mpi.pc" ]; then
+  cmake -S "$consumer_src" -B "$work/build-mpi" -DCMAKE_PREFIX_PATH="$work/prefix" \
+    -DCONSUMER_MPI=ON >/dev/null
+  cmake --build "$work/build-mpi" >/dev/null
+  LD_LIBRARY_PATH="$(dirname "$libdir")" "$work/build-mpi/consumer"
+  sed -i "s|^prefix=.*|prefix=$work/prefix|" "$libdir/mproc-mpi.pc"
+  cc -o "$work/pc_consumer_mpi" "$consumer_src/main.c" $(pkg-config --cflags --libs mproc-mpi)
+  LD_LIBRARY_PATH="$(dirname "$libdir")" "$work/pc_consumer_mpi"
+  echo "install_consumer: the mpi component and mproc-mpi too"
+fi
 echo "install_consumer: find_package and pkg-config both work"

@@ -7,6 +7,8 @@
  */
 #include "mpcp_tree.h"
 
+#include <mproc.h>
+
 #include <poll.h>
 #include <pty.h>
 #include <signal.h>
@@ -288,6 +290,34 @@ Test(mpcp_beyond, tree_deeper_than_path_max, .init = setup_work, .fini = teardow
     check_deep(wfd, "out2", depth, comp);
 }
 
+/* ---- --version ---- */
+
+/* GNU style: "NAME (PACKAGE) VERSION", copyright, license, free software, no warranty. */
+Test(mpcp_beyond, version_is_gnu_style_with_the_project_version, .init = setup_work,
+     .fini = teardown_work, .timeout = 30)
+{
+    static struct run_result r;
+    mpcp(&r, (const char *const[]){"--version", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    cr_assert_str_empty(r.err);
+    cr_assert_str_eq(MPROC_PROJECT_VERSION, MPROC_VERSION_STRING,
+                     "project() says %s, the header %s", MPROC_PROJECT_VERSION,
+                     MPROC_VERSION_STRING);
+    const char *lines[] = {"mpcp (mproc) " MPROC_PROJECT_VERSION "\n", "Copyright (C) ", "License ",
+                           ("This is free software: you are free to change and "
+                            "redistribute it.\n"),
+                           "There is NO WARRANTY, to the extent permitted by law.\n"};
+    const char *at = r.out;
+    for (size_t i = 0; i < sizeof lines / sizeof lines[0]; i++) {
+        cr_assert(strncmp(at, lines[i], strlen(lines[i])) == 0, "line %zu is not '%s' in:\n%s",
+                  i + 1, lines[i], r.out);
+        at = strchr(at, '\n');
+        cr_assert_not_null(at);
+        at++;
+    }
+    cr_assert_str_empty(at, "more after the warranty line: %s", at);
+}
+
 /* ---- progress ---- */
 
 /* Runs mpcp with a fifo source held open ~1.3 s so that the bar has time to show. */
@@ -379,6 +409,200 @@ Test(mpcp_beyond, forced_progress_into_a_pipe_is_plain_lines, .init = setup_work
     slow_run(false, "--progress", out, sizeof out, &status);
     cr_assert_eq(status, 0, "%s", out);
     assert_no_controls(out);
+}
+
+/*
+ * The demo's kind of tree (scripts/make-tree): files in folders, hard links
+ * across folders, a sparse file, symlinks (relative, dangling, to a folder),
+ * a fifo. The sparse file holds 64 KiB of data in 48 MiB: counted by its
+ * size, the total was 48 MiB too large until the end.
+ */
+static void make_demo_tree(int dir)
+{
+    int top = sub_dir(dir, "src", 0755);
+    static char data[20000];
+    for (size_t i = 0; i < sizeof data; i++)
+        data[i] = (char)('a' + i % 23);
+    for (int d = 0; d < 4; d++) {
+        char name[16];
+        snprintf(name, sizeof name, "dir%d", d);
+        int sub = sub_dir(top, name, 0755);
+        for (int f = 0; f < 40; f++) {
+            char fname[16];
+            snprintf(fname, sizeof fname, "file%02d", f);
+            int fd = openat(sub, fname, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+            must(fd, "create", fname);
+            size_t len = 1000 + (size_t)(d * 40 + f) * 97;
+            cr_assert_eq(write(fd, data, len), (ssize_t)len);
+            close(fd);
+        }
+        close(sub);
+    }
+    /* Hard links: the second folder's files under other names in the third. */
+    for (int f = 0; f < 10; f++) {
+        char from[32], to[32];
+        snprintf(from, sizeof from, "dir1/file%02d", f);
+        snprintf(to, sizeof to, "dir2/hardlink%02d", f);
+        must(linkat(top, from, top, to, 0), "link", to);
+    }
+    int sp = openat(top, "sparse.img", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    must(sp, "create", "sparse.img");
+    static char block[65536];
+    memset(block, 'z', sizeof block);
+    cr_assert_eq(pwrite(sp, block, sizeof block, (off_t)48 << 20), (ssize_t)sizeof block);
+    close(sp);
+    must(symlinkat("dir0/file00", top, "link-relative"), "symlink", "link-relative");
+    must(symlinkat("no/such/file", top, "link-dangling"), "symlink", "link-dangling");
+    must(symlinkat("dir1", top, "link-to-dir"), "symlink", "link-to-dir");
+    must(mkfifoat(top, "fifo", 0644), "mkfifo", "fifo");
+    close(top);
+}
+
+/* Runs mpcp with args in work on a terminal, every step drawn; out gets what it showed. */
+static int pty_run(const char *const *args, char *out, size_t size)
+{
+    const char *argv[16] = {MPROC_MPCP_PATH};
+    size_t argc = 1;
+    for (; args[argc - 1] && argc < 15; argc++)
+        argv[argc] = args[argc - 1];
+    argv[argc] = NULL;
+    int master = -1;
+    struct winsize ws = {.ws_row = 24, .ws_col = 200};
+    pid_t pid = forkpty(&master, NULL, NULL, &ws);
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        if (chdir(work) < 0)
+            _exit(126);
+        setenv("MPCP_PROGRESS_EVERY_STEP", "1", 1);
+        execv(MPROC_MPCP_PATH, (char *const *)argv);
+        _exit(127);
+    }
+    size_t len = 0;
+    for (;;) {
+        struct pollfd pfd = {master, POLLIN, 0};
+        if (poll(&pfd, 1, 20000) <= 0)
+            break;
+        char tmp[4096];
+        ssize_t n = read(master, tmp, sizeof tmp);
+        if (n <= 0)
+            break; /* EIO once the child is gone */
+        size_t take = (size_t)n < size - 1 - len ? (size_t)n : size - 1 - len;
+        memcpy(out + len, tmp, take);
+        len += take;
+    }
+    out[len] = '\0';
+    close(master);
+    int st;
+    waitpid(pid, &st, 0);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+}
+
+/* A bar's totals: "[...] 42.0% DONE/TOTAL F/FT files ..." or "DONE/TOTAL+ F/FT+ files ...
+ * (counting...)". */
+struct bar {
+    bool counting;
+    char done[32], total[32];
+    unsigned long long files, files_total;
+};
+
+static bool parse_bar(const char *line, struct bar *b)
+{
+    memset(b, 0, sizeof *b);
+    b->counting = strstr(line, "(counting...)") != NULL;
+    const char *p = line;
+    if (line[0] == '[') {
+        p = strstr(line, "% ");
+        if (!p)
+            return false;
+        p += 2;
+    }
+    const char *slash = strchr(p, '/');
+    const char *files = strstr(p, " files");
+    if (!slash || !files || slash > files)
+        return false;
+    const char *fpart = files;
+    while (fpart > p && fpart[-1] != ' ')
+        fpart--;
+    if (fpart <= slash + 1)
+        return false;
+    snprintf(b->done, sizeof b->done, "%.*s", (int)(slash - p), p);
+    snprintf(b->total, sizeof b->total, "%.*s", (int)(fpart - 1 - slash - 1), slash + 1);
+    size_t tl = strlen(b->total);
+    if (tl && b->total[tl - 1] == '+')
+        b->total[tl - 1] = '\0';
+    return sscanf(fpart, "%llu/%llu", &b->files, &b->files_total) == 2;
+}
+
+/*
+ * The property: while the count runs its total only grows; the first bar
+ * after the count has the final total (bytes and files), and the last bar
+ * reaches it.
+ */
+static void check_bars(char *out, size_t min_files)
+{
+    static struct bar bars[8192];
+    size_t n = 0;
+    for (char *line = strtok(out, "\r\n"); line && n < 8192; line = strtok(NULL, "\r\n")) {
+        char *esc;
+        while ((esc = strstr(line, "\033[K")) != NULL)
+            memmove(esc, esc + 3, strlen(esc + 3) + 1);
+        if (line[0] && parse_bar(line, &bars[n]))
+            n++;
+    }
+    cr_assert_geq(n, 2, "too few bars");
+    size_t first = n;
+    for (size_t i = 0; i < n; i++) {
+        if (!bars[i].counting) {
+            first = i;
+            break;
+        }
+        if (i > 0)
+            cr_assert_geq(bars[i].files_total, bars[i - 1].files_total,
+                          "the total went back while counting");
+    }
+    cr_assert_lt(first, n, "no bar after the count");
+    const struct bar *f = &bars[first], *last = &bars[n - 1];
+    cr_assert_str_eq(f->total, last->total, "total %s after the count, %s at the end", f->total,
+                     last->total);
+    cr_assert_eq(f->files_total, last->files_total, "%llu files after the count, %llu at the end",
+                 f->files_total, last->files_total);
+    for (size_t i = first; i < n; i++) {
+        cr_assert(!bars[i].counting, "counting again after the count");
+        cr_assert_str_eq(bars[i].total, last->total, "bar %zu's total %s, the end's %s", i,
+                         bars[i].total, last->total);
+    }
+    cr_assert_str_eq(last->done, last->total, "ends at %s of %s", last->done, last->total);
+    cr_assert_eq(last->files, last->files_total);
+    cr_assert_geq(last->files_total, min_files);
+}
+
+Test(mpcp_beyond, progress_total_is_final_once_counted, .init = setup_work, .fini = teardown_work,
+     .timeout = 120)
+{
+    make_demo_tree(wfd);
+    static char out[1 << 21];
+    int status =
+        pty_run((const char *const[]){"-a", "-j", "2", "src", "dst", NULL}, out, sizeof out);
+    cr_assert_eq(status, 0, "%s", out);
+    /* 160 files, 10 hard links, the sparse file, 3 symlinks, a fifo. */
+    check_bars(out, 175);
+}
+
+Test(mpcp_beyond, progress_total_leaves_out_what_no_clobber_keeps, .init = setup_work,
+     .fini = teardown_work, .timeout = 120)
+{
+    make_demo_tree(wfd);
+    /* The destination has dir0 and dir1 already: -n keeps them, their bytes are not written. */
+    int status = pty_run((const char *const[]){"-a", "src", "dst", NULL}, (char[65536]){0}, 65536);
+    cr_assert_eq(status, 0);
+    remove_tree_at(wfd, "dst/dir2");
+    remove_tree_at(wfd, "dst/dir3");
+    must(unlinkat(wfd, "dst/sparse.img", 0), "unlink", "dst/sparse.img");
+    static char out[1 << 21];
+    status =
+        pty_run((const char *const[]){"-a", "-n", "-j", "2", "src", "dst", NULL}, out, sizeof out);
+    cr_assert_eq(status, 0, "%s", out);
+    check_bars(out, 80);
 }
 
 /* ---- data paths ---- */

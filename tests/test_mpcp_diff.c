@@ -376,6 +376,31 @@ static void setup_files(int dir)
     stamp_tree(dir, 1300000000);
 }
 
+/*
+ * A destination folder of ours (root's, 0755) holding a symlink of another
+ * user: no one else can have put it there, so mpcp writes through it as cp.
+ */
+static void setup_foreign_link(int dir)
+{
+    put_file(dir, "t", "target\n", 0644);
+    int s = sub_dir(dir, "s", 0755);
+    put_file(s, "f", "new\n", 0644);
+    close(s);
+    int o = sub_dir(dir, "o", 0755);
+    must(symlinkat("../t", o, "f"), "symlink", "o/f");
+    must(fchownat(o, "f", 65534, 65534, AT_SYMLINK_NOFOLLOW), "chown", "o/f");
+    close(o);
+    stamp_tree(dir, 1300000000);
+}
+
+/* For a case as nobody: chown_tree gives it all, the symlink too, to nobody. */
+static void setup_own_link(int dir)
+{
+    put_file(dir, "f", "new\n", 0644);
+    put_file(dir, "t", "target\n", 0644);
+    must(symlinkat("t", dir, "tlink"), "symlink", "tlink");
+}
+
 static void setup_unreadable(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -769,6 +794,31 @@ CASE(same_file_hardlink, .setup = setup_files, .args = {"f", "h"})
 CASE(same_file_via_symlink, .setup = setup_files, .args = {"t", "tlink"})
 CASE(dangling_dest, .setup = setup_files, .args = {"f", "dangling"})
 CASE(write_through_symlink, .setup = setup_files, .args = {"f", "tlink"})
+CASE(write_through_symlink_as_nobody, .setup = setup_own_link, .args = {"f", "tlink"}, .nobody = true)
+CASE(write_through_foreign_link_in_our_folder, .setup = setup_foreign_link, .args = {"s/f", "o/f"})
+CASE(write_through_foreign_link_workers, .setup = setup_foreign_link, .args = {"-r", "s/.", "o"},
+     .jobs = "4")
+CASE(write_through_foreign_link_one_job, .setup = setup_foreign_link, .args = {"-a", "s/.", "o"},
+     .jobs = "1", .flags = CMP_MTIME)
+/* "" names nothing: cp's "cannot stat ''" and the like, whatever the position. */
+CASE(empty_source, .setup = setup_files, .args = {"", "o"})
+CASE(empty_source_recursive, .setup = setup_files, .args = {"-r", "", "o"})
+CASE(empty_source_among_others, .setup = setup_files, .args = {"-r", "f", "", "d", "o"},
+     .jobs = "4")
+CASE(empty_source_one_job, .setup = setup_files, .args = {"-a", "", "d", "o"}, .jobs = "1",
+     .flags = CMP_MTIME)
+CASE(empty_source_T, .setup = setup_files, .args = {"-rT", "", "o"})
+CASE(empty_source_parents, .setup = setup_files, .args = {"-r", "--parents", "", "o"})
+CASE(empty_source_target_option, .setup = setup_files, .args = {"-r", "-t", "o", ""})
+CASE(empty_dest, .setup = setup_files, .args = {"f", ""})
+CASE(empty_dest_T, .setup = setup_files, .args = {"-T", "f", ""})
+CASE(empty_dest_recursive, .setup = setup_files, .args = {"-r", "d", ""})
+CASE(empty_dest_link, .setup = setup_files, .args = {"-l", "f", ""})
+CASE(empty_dest_symlink, .setup = setup_files, .args = {"-s", "f", ""})
+CASE(empty_dest_backup, .setup = setup_files, .args = {"-b", "f", ""})
+CASE(empty_dest_many, .setup = setup_files, .args = {"f", "t", ""})
+CASE(empty_target_option, .setup = setup_files, .args = {"-t", "", "f"})
+CASE(empty_both, .setup = setup_files, .args = {"", ""})
 CASE(missing_source, .setup = setup_basic, .args = {"-r", "nope", "s", "o"})
 CASE(omit_directory, .setup = setup_files, .args = {"f", "d", "o"})
 CASE(file_to_file, .setup = setup_files, .args = {"-p", "f", "o/g"}, .flags = CMP_MTIME)

@@ -293,6 +293,110 @@ Test(pool, submissions_from_several_threads, .timeout = 60)
     mproc_pool_destroy(&pool);
 }
 
+/*
+ * Four threads submit at once with callbacks, cancel some of their tasks,
+ * and wait for batches with wait_many(): every result completes once, with
+ * one callback, and a cancelled one (cancel() returned 0) never ran. Built
+ * for ThreadSanitizer too (scripts/test --tsan).
+ */
+#define BATCH   16
+#define BATCHES 40
+
+struct thread_tally {
+    _Atomic int ok;
+    _Atomic int err;
+};
+
+static void tally_ok(mproc_result *r, void *arg)
+{
+    atomic_fetch_add(&((struct thread_tally *)arg)->ok, 1);
+}
+
+static void tally_err(mproc_result *r, void *arg)
+{
+    atomic_fetch_add(&((struct thread_tally *)arg)->err, 1);
+}
+
+struct submitter {
+    mproc_pool *pool;
+    struct thread_tally tally;
+    int cancelled, failed, succeeded;
+};
+
+/* Checks one result of a batch: its value, or the error it must have. */
+static int check_batch_result(struct submitter *s, mproc_result *r, int64_t x, bool cancelled)
+{
+    const void *data;
+    size_t len;
+    int rc = mproc_result_get(r, &data, &len, 0);
+    if (cancelled)
+        return rc == MPROC_ECANCELLED ? (s->cancelled++, 0) : 3;
+    if (x % 5 == 0)
+        return rc == MPROC_ETASKFAILED ? (s->failed++, 0) : 4;
+    if (rc != 0 || len != sizeof(int64_t) || *(const int64_t *)data != x * x)
+        return 5;
+    s->succeeded++;
+    return 0;
+}
+
+static void *submit_cancel_wait(void *arg)
+{
+    struct submitter *s = arg;
+    for (int64_t b = 0; b < BATCHES; b++) {
+        mproc_result *batch[BATCH];
+        bool cancelled[BATCH] = {false};
+        for (int i = 0; i < BATCH; i++) {
+            int64_t x = b * BATCH + i;
+            mproc_task_fn fn = x % 5 == 0 ? fail_politely : square;
+            if (mproc_pool_apply_async(s->pool, fn, &x, sizeof(x), tally_ok, tally_err, &s->tally,
+                                       &batch[i]) != 0)
+                return (void *)1;
+        }
+        /* The last ones of a batch are most likely still waiting: cancel some. */
+        for (int i = BATCH - 4; i < BATCH; i += 2)
+            cancelled[i] = mproc_result_cancel(batch[i]) == 0;
+        size_t ready = 0;
+        if (mproc_result_wait_many(batch, BATCH, true, &ready, 30000) != 0 || ready != BATCH)
+            return (void *)2;
+        for (int i = 0; i < BATCH; i++) {
+            int rc = check_batch_result(s, batch[i], b * BATCH + i, cancelled[i]);
+            mproc_result_destroy(&batch[i]);
+            if (rc)
+                return (void *)(intptr_t)rc;
+        }
+    }
+    return NULL;
+}
+
+Test(pool, threads_submit_with_callbacks_cancel_and_wait_many, .timeout = 120)
+{
+    mproc_pool *pool = make_pool(2);
+    struct submitter subs[THREADS];
+    pthread_t threads[THREADS];
+    for (int t = 0; t < THREADS; t++) {
+        subs[t] = (struct submitter){.pool = pool};
+        cr_assert_eq(pthread_create(&threads[t], NULL, submit_cancel_wait, &subs[t]), 0);
+    }
+    for (int t = 0; t < THREADS; t++) {
+        void *rc;
+        pthread_join(threads[t], &rc);
+        cr_assert_null(rc, "thread %d failed: %d", t, (int)(intptr_t)rc);
+    }
+    mproc_pool_close(pool);
+    cr_assert_eq(mproc_pool_join(pool, 60000), 0);
+    mproc_pool_destroy(&pool);
+    int cancelled = 0;
+    for (int t = 0; t < THREADS; t++) {
+        struct submitter *s = &subs[t];
+        cr_assert_eq(s->cancelled + s->failed + s->succeeded, BATCH * BATCHES);
+        /* One callback per result, whatever completed it, once the pool is gone. */
+        cr_assert_eq(atomic_load(&s->tally.ok), s->succeeded, "thread %d", t);
+        cr_assert_eq(atomic_load(&s->tally.err), s->failed + s->cancelled, "thread %d", t);
+        cancelled += s->cancelled;
+    }
+    cr_log_info("%d of %d tasks cancelled", cancelled, THREADS * BATCH * BATCHES);
+}
+
 /* ---- dying workers ---- */
 
 Test(pool, worker_killed_fails_its_task_and_is_replaced, .timeout = 60)

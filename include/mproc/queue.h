@@ -128,7 +128,9 @@ MPROC_API int mproc_queue_get_many(mproc_queue *queue, void *buf, size_t cap,
 
 /*
  * Sets *count to the number of messages in the queue: exact when no put or
- * get is under way, as Python's qsize() is not. Returns 0 or -EINVAL.
+ * get is under way, as Python's qsize() is not, also after processes were
+ * killed in the middle of one (their half-done step is repaired first).
+ * Returns 0 or -EINVAL.
  */
 MPROC_API int mproc_queue_size(mproc_queue *queue, size_t *count);
 
@@ -153,8 +155,9 @@ MPROC_API int mproc_queue_task_done(mproc_queue *queue);
 /*
  * JoinableQueue: waits until every message put has been marked done.
  * Returns 0, -ETIMEDOUT, -EINTR, -EINVAL (not joinable), or -EPIPE when a
- * process that had taken messages died before marking them done: they will
- * never be (the count stays as it is).
+ * process that had taken messages (or part of one) died before marking them
+ * done: they will never be (the count stays as it is; task_done() from
+ * another process can still bring it to zero).
  */
 MPROC_API int mproc_queue_join(mproc_queue *queue, int timeout_ms);
 

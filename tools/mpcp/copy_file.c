@@ -339,6 +339,55 @@ static int copy_unsized(int src, int dst, uint64_t *copied, int *side)
     return rw_copy(src, dst, -1, false, copied, side);
 }
 
+/* Whether the copy keeps holes: what sparse_copy() is used for. */
+static bool copies_sparse(const struct mpcp_opts *opt, off_t size, blkcnt_t blocks)
+{
+    bool holey = blocks * 512 < size;
+    return opt->sparse == MPCP_SPARSE_ALWAYS || (opt->sparse == MPCP_SPARSE_AUTO && holey);
+}
+
+/* The bytes of fd's data extents below size: what sparse_copy() moves. */
+static uint64_t data_extents(int fd, off_t size)
+{
+    uint64_t sum = 0;
+    off_t pos = 0;
+    while (pos < size) {
+        off_t data = lseek(fd, pos, SEEK_DATA);
+        if (data < 0)
+            return errno == ENXIO ? sum : (uint64_t)size;
+        off_t hole = lseek(fd, data, SEEK_HOLE);
+        if (hole < 0)
+            return (uint64_t)size;
+        if (hole > size)
+            hole = size;
+        sum += (uint64_t)(hole - data);
+        pos = hole;
+    }
+    return sum;
+}
+
+uint64_t mpcp_copy_bytes(const struct mpcp_opts *opt, int dfd, const char *name,
+                         const struct stat *st)
+{
+    if (st->st_size <= 0)
+        return 0;
+    /* A file without holes is all data extents: no need to open it. */
+    if (!copies_sparse(opt, st->st_size, st->st_blocks) || st->st_blocks * 512 >= st->st_size)
+        return (uint64_t)st->st_size;
+    int fd = openat(dfd, name, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0)
+        return (uint64_t)st->st_size;
+    uint64_t n = data_extents(fd, st->st_size);
+    close(fd);
+    return n;
+}
+
+int mpcp_copy_stream(int src, int dst, uint64_t *copied, int *side)
+{
+    *copied = 0;
+    return copy_unsized(src, dst, copied, side);
+}
+
 int mpcp_copy_data(const struct mpcp_opts *opt, int src, int dst, dev_t dst_dev, off_t size,
                    blkcnt_t blocks, uint64_t *copied, int *side)
 {
@@ -348,8 +397,9 @@ int mpcp_copy_data(const struct mpcp_opts *opt, int src, int dst, dev_t dst_dev,
     int rc = try_clone(opt, src, dst, dst_dev, side);
     if (rc <= 0) {
         if (rc == 0) {
-            *copied = (uint64_t)size;
-            progressed((uint64_t)size);
+            /* A clone of a sparse file counts its data, as the copy would. */
+            *copied = copies_sparse(opt, size, blocks) ? data_extents(src, size) : (uint64_t)size;
+            progressed(*copied);
         }
         return rc;
     }

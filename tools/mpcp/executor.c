@@ -305,6 +305,8 @@ struct ectx {
     signed char xattrs; /* the source's: -1 unknown, 0 none (already listed) */
     bool backup_due;    /* -b: the existing destination is backed up as the new one goes in */
     char backup[NAME_MAX + 1];
+    char through[PATH_MAX]; /* the text of the destination symlink written through */
+    bool special_dest;      /* the destination is an existing fifo or device, written into */
     struct mpcp_result_entry *r;
     char src_q[PATH_MAX * 2], dst_q[PATH_MAX * 2];
     char msg[PATH_MAX * 5];
@@ -411,6 +413,8 @@ static bool refused_by_update(struct ectx *x)
     return false;
 }
 
+static int pin_link(struct ectx *x);
+
 /*
  * -i: cp's question on stderr, the answer a line on stdin (y or Y, or the
  * locale's yes). No is a skip, not an error. Only with -j 1: the planner's
@@ -447,6 +451,11 @@ static bool refused_by_user(struct ectx *x, const struct stat *d)
  * STOP_HERE (failed or skipped, already recorded) or THROUGH_LINK (the
  * destination is a symlink to a regular file that cp would write through).
  */
+static bool is_special(mode_t mode)
+{
+    return S_ISFIFO(mode) || S_ISCHR(mode) || S_ISBLK(mode) || S_ISSOCK(mode);
+}
+
 static int check_existing(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_entry *e = x->e;
@@ -469,6 +478,11 @@ static int check_existing(struct ectx *x, const struct stat *d)
         fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
         return STOP_HERE;
     }
+    if (is_special(d->st_mode) && !replaces_name(opt)) {
+        /* cp opens an existing fifo or device and writes into it: a reader may wait there. */
+        x->special_dest = true;
+        return THROUGH_LINK;
+    }
     if (!S_ISLNK(d->st_mode) || replaces_name(opt))
         return GO;
     struct stat t;
@@ -487,7 +501,7 @@ static int check_existing(struct ectx *x, const struct stat *d)
         fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
         return STOP_HERE;
     }
-    return THROUGH_LINK;
+    return pin_link(x) < 0 ? STOP_HERE : THROUGH_LINK;
 }
 
 /*
@@ -728,6 +742,73 @@ static const struct stat *dir_stat(struct ectx *x)
         return NULL;
     td->stated = true;
     return &td->st;
+}
+
+/*
+ * Whether cp's write through the destination symlink ls (the link's own
+ * stat) is safe: the kernel's protected_symlinks rule (fs/namei.c,
+ * may_follow_link) lets a process follow a link that it owns, or any link
+ * in a folder that is not both sticky and world-writable, or one owned by
+ * the folder's owner. That leaves open a folder of another user: its owner
+ * plants a link to a file of ours and we write into that file. So mpcp
+ * follows only a link that is ours (our euid, as the kernel's fsuid), or any
+ * link in a folder that is ours and that nobody else may write to (no group
+ * or other write bit; an ACL's named entries show in the group bits), where
+ * no one else can have put it. Returns NULL, or the reason for a refusal.
+ */
+static const char *unsafe_link(struct ectx *x, const struct stat *ls)
+{
+    if (x->opt->through_links == MPCP_THROUGH_ALWAYS)
+        return NULL;
+    if (x->opt->through_links == MPCP_THROUGH_NEVER)
+        return "not writing through symlink %s (--write-through-symlinks=never)";
+    if (ls->st_uid == my_uid())
+        return NULL;
+    const struct stat *dir = dir_stat(x);
+    if (!dir || dir->st_uid != my_uid())
+        return "not writing through symlink %s: neither it nor its folder is this user's";
+    if (dir->st_mode & (S_IWGRP | S_IWOTH))
+        return "not writing through symlink %s: it is another user's, in a folder others can "
+               "write to";
+    return NULL;
+}
+
+/*
+ * Pins the destination symlink that cp would write through, in one step
+ * that a swap cannot win: the link itself is opened (O_PATH|O_NOFOLLOW,
+ * relative to the folder's fd), its owner judged from that fd, and its text
+ * read from it; the write then opens that text relative to the folder, as
+ * the kernel would resolve the link. A link swapped for another after this
+ * changes nothing: the text is the judged link's. Returns 0, or -1 (recorded).
+ */
+static int pin_link(struct ectx *x)
+{
+    int fd = openat(x->dfd, x->e->dst_name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) {
+        fail(x, errno, "cannot stat %s", dst_q(x), NULL);
+        return -1;
+    }
+    struct stat ls;
+    const char *why = NULL;
+    ssize_t n = -1;
+    if (fstatat(fd, "", &ls, AT_EMPTY_PATH | AT_SYMLINK_NOFOLLOW) < 0) {
+        fail(x, errno, "cannot stat %s", dst_q(x), NULL);
+    } else if (!S_ISLNK(ls.st_mode)) {
+        why = "not writing through %s: it stopped being a symlink while being checked";
+    } else {
+        why = unsafe_link(x, &ls);
+        if (!why)
+            n = readlinkat(fd, "", x->through, sizeof x->through);
+        if (!why && (n < 0 || (size_t)n >= sizeof x->through))
+            fail(x, n < 0 ? errno : ENAMETOOLONG, "cannot read symbolic link %s", dst_q(x), NULL);
+    }
+    close(fd);
+    if (why)
+        fail(x, 0, why, dst_q(x), NULL);
+    if (why || n < 0 || (size_t)n >= sizeof x->through)
+        return -1;
+    x->through[n] = '\0';
+    return 0;
 }
 
 /*
@@ -985,9 +1066,12 @@ static int open_dest_once(struct ectx *x, int sfd, bool exists, bool through, ch
     x->made_mode = mode == 0600 ? 0 : mode;
     if (x->opt->attributes_only && exists) {
         /* cp --attributes-only keeps an existing file's data: opened, not truncated */
-        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_CLOEXEC | O_NOCTTY | (through ? 0 : O_NOFOLLOW));
+        fd = through ? openat(x->dfd, x->through, O_WRONLY | O_CLOEXEC | O_NOCTTY)
+                     : openat(x->dfd, x->e->dst_name, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+    } else if (through && x->special_dest) {
+        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
     } else if (through) {
-        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
+        fd = openat(x->dfd, x->through, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
     } else if (x->opt->inplace && exists) {
         fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
     } else if (x->opt->inplace) {
@@ -1125,7 +1209,9 @@ static void exec_reg(struct ectx *x)
     uint64_t copied = 0;
     int side = MPCP_SIDE_READ;
     int rc = 0;
-    if (!x->opt->attributes_only)
+    if (x->special_dest)
+        rc = mpcp_copy_stream(sfd, fd, &copied, &side);
+    else if (!x->opt->attributes_only)
         rc = mpcp_copy_data(x->opt, sfd, fd, x->ddev, (off_t)x->e->size, (blkcnt_t)x->e->blocks,
                             &copied, &side);
     x->r->bytes = copied;
@@ -1771,6 +1857,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         x->made_mode = 0;
         x->xattrs = -1;
         x->backup_due = false;
+        x->special_dest = false;
         x->backup[0] = '\0';
         x->r = &r;
         x->src_q[0] = x->dst_q[0] = '\0';

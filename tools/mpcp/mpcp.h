@@ -16,6 +16,8 @@
 /* ---- options (options.c) ---- */
 
 enum mpcp_deref { MPCP_DEREF_UNSET, MPCP_DEREF_NEVER, MPCP_DEREF_ALWAYS, MPCP_DEREF_CMDLINE };
+/* --write-through-symlinks: an existing destination symlink, where cp writes through it. */
+enum mpcp_through { MPCP_THROUGH_SAFE, MPCP_THROUGH_NEVER, MPCP_THROUGH_ALWAYS };
 enum mpcp_update { MPCP_UPDATE_ALL, MPCP_UPDATE_NONE, MPCP_UPDATE_NONE_FAIL, MPCP_UPDATE_OLDER };
 enum mpcp_reflink { MPCP_REFLINK_AUTO, MPCP_REFLINK_ALWAYS, MPCP_REFLINK_NEVER };
 enum mpcp_sparse { MPCP_SPARSE_AUTO, MPCP_SPARSE_ALWAYS, MPCP_SPARSE_NEVER };
@@ -41,14 +43,15 @@ struct mpcp_opts {
     const char *target_dir;
     int update; /* enum mpcp_update; -n maps to NONE */
     bool force, verbose, one_fs, stats, json, dry_run, quiet, inplace;
-    bool parents;       /* --parents: DIRECTORY/SOURCE as typed, missing folders made */
-    bool strip_slashes; /* --strip-trailing-slashes, on the sources copied into a folder */
-    int backup;         /* enum mpcp_backup: -b, --backup[=CONTROL], -S */
-    const char *suffix; /* of simple backups: -S, SIMPLE_BACKUP_SUFFIX, else "~" */
-    bool remove_dest;   /* --remove-destination: existing files are replaced, never written */
-    bool interactive;   /* -i: ask before replacing an existing destination (one process) */
+    bool parents;         /* --parents: DIRECTORY/SOURCE as typed, missing folders made */
+    bool strip_slashes;   /* --strip-trailing-slashes, on the sources copied into a folder */
+    int backup;           /* enum mpcp_backup: -b, --backup[=CONTROL], -S */
+    const char *suffix;   /* of simple backups: -S, SIMPLE_BACKUP_SUFFIX, else "~" */
+    bool remove_dest;     /* --remove-destination: existing files are replaced, never written */
+    bool interactive;     /* -i: ask before replacing an existing destination (one process) */
     bool attributes_only; /* --attributes-only: metadata only; an existing file keeps its data */
-    bool copy_contents; /* --copy-contents: with -R, fifos and devices are read as files */
+    bool copy_contents;   /* --copy-contents: with -R, fifos and devices are read as files */
+    int through_links;    /* enum mpcp_through: --write-through-symlinks=WHEN */
     int reflink, sparse, progress;
     int jobs;
     char **operands;
@@ -93,17 +96,31 @@ void mpcp_report_summary(const struct mpcp_opts *opt, const struct mpcp_stats *s
 /* ---- progress (progress.c) ---- */
 
 struct mpcp_progress;
+
+/* An operand as the planner resolved it: its source and destination names in open folders. */
+struct mpcp_count_root {
+    int sparent, dparent;
+    const char *sbase, *dbase;
+};
+
 /*
  * Starts the progress display if wanted; *out is NULL when there is none.
- * A thread counts the sources' files and bytes for the total meanwhile.
+ * A thread counts what the copy of roots (the caller's, valid until
+ * mpcp_progress_stop) will write meanwhile: the total grows as it finds
+ * more and is final when it is done.
  */
-void mpcp_progress_start(struct mpcp_progress **out, const struct mpcp_opts *opt);
+void mpcp_progress_start(struct mpcp_progress **out, const struct mpcp_opts *opt,
+                         const struct mpcp_count_root *roots, size_t n_roots);
+/*
+ * Waits until the count is done (the bar keeps drawing). Under -n and
+ * --update the count looks at the destination as it was before the copy,
+ * so the copy starts after it. Returns early on Ctrl-C.
+ */
+void mpcp_progress_wait_count(struct mpcp_progress *p);
 void mpcp_progress_add(struct mpcp_progress *p, uint64_t files, uint64_t bytes);
 /* Called before anything else writes to stderr: erases the bar. */
 void mpcp_progress_clear(struct mpcp_progress *p);
 void mpcp_progress_stop(struct mpcp_progress **p);
-/* A file that was skipped: its bytes leave the total, so the ETA stays honest. */
-void mpcp_progress_skip(struct mpcp_progress *p, uint64_t bytes);
 
 /* ---- metadata (metadata.c) ---- */
 
@@ -146,12 +163,27 @@ bool mpcp_dev_set_has(const struct mpcp_dev_set *s, dev_t dev);
 void mpcp_dev_set_add(struct mpcp_dev_set *s, dev_t dev);
 
 /*
+ * The bytes mpcp_copy_data() reports for a file with stat st (name in
+ * folder dfd): its size, or for a sparse copy its data extents (the file is
+ * opened only then). What the progress bar's total counts.
+ */
+uint64_t mpcp_copy_bytes(const struct mpcp_opts *opt, int dfd, const char *name,
+                         const struct stat *st);
+
+/*
  * Copies the data of src_fd (size and blocks from the walk's stat) to dst_fd
  * (empty, freshly created or truncated). On failure returns -errno and sets
  * *side. *copied gets the bytes written.
  */
 int mpcp_copy_data(const struct mpcp_opts *opt, int src_fd, int dst_fd, dev_t dst_dev, off_t size,
                    blkcnt_t blocks, uint64_t *copied, int *side);
+
+/*
+ * Copies src_fd to dst_fd, a fifo or device (an existing destination that
+ * cp writes into), by read and write to the source's end: no clone, no
+ * copy_file_range, no holes. Returns 0 or -errno and sets *side.
+ */
+int mpcp_copy_stream(int src_fd, int dst_fd, uint64_t *copied, int *side);
 
 /*
  * Copies the range [off, off + len) of src_fd to the same range of dst_fd

@@ -74,6 +74,12 @@ static const char help_text[] =
     "      --dry-run                show what would be copied; change nothing\n"
     "  -q, --quiet                  print nothing but errors\n"
     "      --inplace                write existing files in place, not atomically\n"
+    "      --write-through-symlinks=WHEN  write a file through an existing\n"
+    "                                 destination symlink, as cp does: safe\n"
+    "                                 (default: only a symlink of this user, or\n"
+    "                                 in a folder of this user that no one else\n"
+    "                                 can write to; others are refused), never,\n"
+    "                                 always (as cp)\n"
     "      --help                   display this help and exit\n"
     "      --version                output version information and exit\n"
     "\n"
@@ -110,6 +116,7 @@ enum {
     OPT_REMOVE_DEST,
     OPT_COPY_CONTENTS,
     OPT_ATTRIBUTES_ONLY,
+    OPT_THROUGH,
     OPT_HELP,
     OPT_VERSION,
 };
@@ -148,10 +155,29 @@ static const struct option long_options[] = {
     {"dry-run", no_argument, NULL, OPT_DRY_RUN},
     {"quiet", no_argument, NULL, 'q'},
     {"inplace", no_argument, NULL, OPT_INPLACE},
+    {"write-through-symlinks", required_argument, NULL, OPT_THROUGH},
     {"help", no_argument, NULL, OPT_HELP},
     {"version", no_argument, NULL, OPT_VERSION},
     {NULL, 0, NULL, 0},
 };
+
+#ifndef MPCP_VERSION
+#define MPCP_VERSION "unknown"
+#endif
+
+/* --version as GNU tools print it: name (package) version, copyright, license, warranty. */
+static const char *version_text(void)
+{
+    static char text[512];
+    snprintf(text, sizeof text,
+             "mpcp (mproc) %s\n"
+             "Copyright (C) 2026 the mproc authors.\n"
+             "License MIT: <https://opensource.org/licenses/MIT>.\n"
+             "This is free software: you are free to change and redistribute it.\n"
+             "There is NO WARRANTY, to the extent permitted by law.\n",
+             MPCP_VERSION);
+    return text;
+}
 
 static int usage_error(void)
 {
@@ -162,7 +188,8 @@ static int usage_error(void)
 /* cp's argmatch failure: the bad value, the valid ones, the hint. */
 static int invalid_argument(const char *value, const char *option, const char *const *valid)
 {
-    fprintf(stderr, "%s: invalid argument \u2018%s\u2019 for \u2018%s\u2019\n", mpcp_program, value, option);
+    fprintf(stderr, "%s: invalid argument \u2018%s\u2019 for \u2018%s\u2019\n", mpcp_program, value,
+            option);
     fputs("Valid arguments are:\n", stderr);
     for (const char *const *v = valid; *v; v++)
         fprintf(stderr, "  - \u2018%s\u2019\n", *v);
@@ -245,7 +272,8 @@ static int resolve_backup(struct mpcp_opts *opt)
     if (!backup_args.wanted)
         return -1;
     if (backup_args.no_clobber) {
-        fprintf(stderr, "%s: options --backup and --no-clobber are mutually exclusive\n", mpcp_program);
+        fprintf(stderr, "%s: options --backup and --no-clobber are mutually exclusive\n",
+                mpcp_program);
         return usage_error();
     }
     const char *value = backup_args.control;
@@ -356,6 +384,7 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
     static const char *const reflink_words[] = {"auto", "always", "never", NULL};
     static const char *const sparse_words[] = {"auto", "always", "never", NULL};
     static const char *const update_words[] = {"all", "none", "none-fail", "older", NULL};
+    static const char *const through_words[] = {"safe", "never", "always", NULL};
     switch (c) {
     case OPT_PRESERVE:
         if (!arg) {
@@ -408,6 +437,8 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
         backup_args.wanted = true;
         backup_args.control = arg;
         return -1;
+    case OPT_THROUGH:
+        return parse_enum(&opt->through_links, arg, "--write-through-symlinks", through_words);
     case OPT_REMOVE_DEST:
         opt->remove_dest = true;
         return -1;
@@ -421,7 +452,7 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
         fputs(help_text, stdout);
         return 0;
     case OPT_VERSION:
-        printf("mpcp (mproc) %s\n", mproc_version_string());
+        fputs(version_text(), stdout);
         return 0;
     default:
         return usage_error();
@@ -515,7 +546,9 @@ static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
 static int check_operands(struct mpcp_opts *opt)
 {
     if (opt->target_dir && opt->no_target_dir) {
-        fprintf(stderr, "%s: cannot combine --target-directory (-t) and --no-target-directory (-T)\n", mpcp_program);
+        fprintf(stderr,
+                "%s: cannot combine --target-directory (-t) and --no-target-directory (-T)\n",
+                mpcp_program);
         return usage_error();
     }
     if (opt->n_operands == 0) {
@@ -583,7 +616,8 @@ int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv)
     umask(old);
     opt->umask = old;
     if (opt->p_context) {
-        fprintf(stderr, "%s: cannot preserve security context without an SELinux-enabled kernel\n", mpcp_program);
+        fprintf(stderr, "%s: cannot preserve security context without an SELinux-enabled kernel\n",
+                mpcp_program);
         return 1;
     }
     return check_operands(opt);

@@ -12,7 +12,8 @@
  *         | u64 size | u64 blocks (chunk: length) | u64 dev | u64 ino
  *         | u64 rdev (hard link: its root; chunk: offset)
  *         | i64 atime_sec | i64 mtime_sec | u32 atime_nsec | u32 mtime_nsec
- *         | str name | str dst_name ("" = name)
+ *         | str name | str dst_name ("" = name; "/" = "", the empty operand, which no
+ *           name can be)
  *         | str link_target (chunk, commit: the temporary) | str link_disp
  * Result: u32 magic "MPR1" | u32 count | per entry: u8 status | u8 flags | u16 0
  *         | i32 errno | u64 bytes | str message
@@ -148,6 +149,14 @@ void mpcp_task_truncate(struct mpcp_buf *b, size_t header_len)
     memcpy(b->data + COUNT_OFFSET, &zero, sizeof zero);
 }
 
+/* A destination name that is the source's is sent as ""; the empty operand's as "/". */
+static const char *dst_name_code(const struct mpcp_entry *e)
+{
+    if (!e->dst_name || strcmp(e->dst_name, e->name) == 0)
+        return "";
+    return *e->dst_name ? e->dst_name : "/";
+}
+
 int mpcp_task_add(struct mpcp_buf *b, const struct mpcp_entry *e)
 {
     unsigned char head[4] = {e->type, e->flags, 0, 0};
@@ -165,8 +174,7 @@ int mpcp_task_add(struct mpcp_buf *b, const struct mpcp_entry *e)
     rc = rc ? rc : put_u32(b, e->atime_nsec);
     rc = rc ? rc : put_u32(b, e->mtime_nsec);
     rc = rc ? rc : put_str(b, e->name);
-    rc =
-        rc ? rc : put_str(b, (e->dst_name && strcmp(e->dst_name, e->name) != 0) ? e->dst_name : "");
+    rc = rc ? rc : put_str(b, dst_name_code(e));
     rc = rc ? rc : put_str(b, e->link_target);
     rc = rc ? rc : put_str(b, e->link_disp);
     if (rc)
@@ -216,6 +224,8 @@ int mpcp_task_decode_entry(const unsigned char *p, size_t len, size_t *pos, stru
     e->dst_name = get_str(&r);
     if (!*e->dst_name)
         e->dst_name = e->name;
+    else if (strcmp(e->dst_name, "/") == 0)
+        e->dst_name = "";
     e->link_target = get_str(&r);
     e->link_disp = get_str(&r);
     *pos = r.pos;

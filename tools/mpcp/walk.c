@@ -495,12 +495,12 @@ static void handle_result(struct planner *p, const struct mpcp_task *t, const st
             warn_result(p, talk, r->msg);
         return;
     }
-    mpcp_progress_add(p->prog, 1, 0);
     if (r->status == MPCP_SKIPPED) {
+        /* The count left it out (the destination keeps it): not a file of the bar. */
         p->st.skipped++;
-        mpcp_progress_skip(p->prog, copies_data(p, e) ? e->size : 0);
         return;
     }
+    mpcp_progress_add(p->prog, 1, 0);
     if (e->flags & MPCP_E_LEADER)
         forget_leader(p, e);
     if (r->err == EINTR && mpcp_interrupted) {
@@ -2039,7 +2039,10 @@ static int open_parent(struct parent_cache *c, const char *path, int *fd, char *
     while (start > 0 && path[start - 1] != '/')
         start--;
     char *dir = start == 0 ? strdup(".") : strndup(path, start);
-    if (path[start] == '/' || len == start)
+    /* "" names nothing (an unset variable, say): every use of it fails with ENOENT, as cp's. */
+    if (len == 0)
+        *base = strdup("");
+    else if (path[start] == '/' || len == start)
         *base = strdup(".");
     else
         *base = strndup(path + start, len - start);
@@ -2426,6 +2429,28 @@ static void plan_operands(struct planner *p, struct plan *pl)
     free(backup);
 }
 
+/*
+ * What the progress count walks: the operands as planned (names in the
+ * plan's open folders, valid until free_plan). Those that will not be
+ * copied are left out.
+ */
+static struct mpcp_count_root *count_roots(const struct plan *pl, size_t *count)
+{
+    *count = 0;
+    struct mpcp_count_root *v = calloc((size_t)pl->n + 1, sizeof *v);
+    if (!v)
+        return NULL;
+    size_t n = 0;
+    for (int i = 0; i < pl->n; i++) {
+        const struct operand *o = &pl->ops[i];
+        if (o->err || o->reported || !o->sbase || !o->dbase)
+            continue;
+        v[n++] = (struct mpcp_count_root){o->sparent, o->dparent, o->sbase, o->dbase};
+    }
+    *count = n;
+    return v;
+}
+
 /* One file has nothing to share among workers: it is copied here. */
 static bool worth_workers(const struct planner *p, const struct plan *pl)
 {
@@ -2525,14 +2550,20 @@ int mpcp_run(struct mpcp_opts *opt)
     struct plan pl = {NULL, 0, NULL, NULL};
     plan_operands(p, &pl);
     start_workers(p, &pl);
-    mpcp_progress_start(&p->prog, opt);
+    size_t n_roots;
+    struct mpcp_count_root *roots = count_roots(&pl, &n_roots);
+    mpcp_progress_start(&p->prog, opt, roots, n_roots);
     current = p;
     if (p->prog)
         mpcp_set_data_progress(on_data);
+    /* -n, --update: the count sees the destination before anything is written in it. */
+    if (opt->update != MPCP_UPDATE_ALL)
+        mpcp_progress_wait_count(p->prog);
     copy_plan(p, &pl);
     stop_workers(p);
     mpcp_set_data_progress(NULL);
     mpcp_progress_stop(&p->prog);
+    free(roots);
     p->st.seconds = now_seconds() - t0;
     fflush(stdout);
     mpcp_report_summary(opt, &p->st);
