@@ -382,6 +382,12 @@ uint64_t mpcp_copy_bytes(const struct mpcp_opts *opt, int dfd, const char *name,
     return n;
 }
 
+int mpcp_copy_stream(int src, int dst, uint64_t *copied, int *side)
+{
+    *copied = 0;
+    return copy_unsized(src, dst, copied, side);
+}
+
 int mpcp_copy_data(const struct mpcp_opts *opt, int src, int dst, dev_t dst_dev, off_t size,
                    blkcnt_t blocks, uint64_t *copied, int *side)
 {

@@ -306,6 +306,7 @@ struct ectx {
     bool backup_due;    /* -b: the existing destination is backed up as the new one goes in */
     char backup[NAME_MAX + 1];
     char through[PATH_MAX]; /* the text of the destination symlink written through */
+    bool special_dest;      /* the destination is an existing fifo or device, written into */
     struct mpcp_result_entry *r;
     char src_q[PATH_MAX * 2], dst_q[PATH_MAX * 2];
     char msg[PATH_MAX * 5];
@@ -415,14 +416,52 @@ static bool refused_by_update(struct ectx *x)
 static int pin_link(struct ectx *x);
 
 /*
+ * -i: cp's question on stderr, the answer a line on stdin (y or Y, or the
+ * locale's yes). No is a skip, not an error. Only with -j 1: the planner's
+ * process owns the terminal.
+ */
+static bool refused_by_user(struct ectx *x, const struct stat *d)
+{
+    if (!x->opt->interactive)
+        return false;
+    if (!S_ISLNK(d->st_mode) && faccessat(x->dfd, x->e->dst_name, W_OK, AT_EACCESS) < 0) {
+        char perms[10];
+        static const char rwx[] = "rwxrwxrwx";
+        for (int i = 0; i < 9; i++)
+            perms[i] = (d->st_mode & (0400u >> i)) ? rwx[i] : '-';
+        perms[9] = '\0';
+        fprintf(stderr, "%s: replace %s, overriding mode %04o (%s)? ", mpcp_program, dst_q(x),
+                (unsigned)(d->st_mode & 07777), perms);
+    } else {
+        fprintf(stderr, "%s: overwrite %s? ", mpcp_program, dst_q(x));
+    }
+    fflush(stderr);
+    char *line = NULL;
+    size_t cap = 0;
+    bool yes = getline(&line, &cap, stdin) > 0 && rpmatch(line) == 1;
+    free(line);
+    if (yes)
+        return false;
+    skip(x);
+    return true;
+}
+
+/*
  * What to do with an existing destination, as cp decides it. Returns GO,
  * STOP_HERE (failed or skipped, already recorded) or THROUGH_LINK (the
  * destination is a symlink to a regular file that cp would write through).
  */
+static bool is_special(mode_t mode)
+{
+    return S_ISFIFO(mode) || S_ISCHR(mode) || S_ISBLK(mode) || S_ISSOCK(mode);
+}
+
 static int check_existing(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_entry *e = x->e;
     const struct mpcp_opts *opt = x->opt;
+    if (refused_by_user(x, d))
+        return STOP_HERE;
     if (S_ISDIR(d->st_mode)) {
         fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
         return STOP_HERE;
@@ -438,6 +477,11 @@ static int check_existing(struct ectx *x, const struct stat *d)
     if (d->st_dev == e->dev && d->st_ino == e->ino && !other_name_ok(x)) {
         fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
         return STOP_HERE;
+    }
+    if (is_special(d->st_mode) && !replaces_name(opt)) {
+        /* cp opens an existing fifo or device and writes into it: a reader may wait there. */
+        x->special_dest = true;
+        return THROUGH_LINK;
     }
     if (!S_ISLNK(d->st_mode) || replaces_name(opt))
         return GO;
@@ -1016,10 +1060,17 @@ static int open_dest_once(struct ectx *x, int sfd, bool exists, bool through, ch
 {
     int fd;
     tmp[0] = '\0';
-    x->made_here = !through && !(x->opt->inplace && exists);
+    bool in_place = (x->opt->inplace || x->opt->attributes_only) && exists;
+    x->made_here = !through && !in_place;
     mode_t mode = x->made_here && !exists ? create_mode(x, sfd) : 0600;
     x->made_mode = mode == 0600 ? 0 : mode;
-    if (through) {
+    if (x->opt->attributes_only && exists) {
+        /* cp --attributes-only keeps an existing file's data: opened, not truncated */
+        fd = through ? openat(x->dfd, x->through, O_WRONLY | O_CLOEXEC | O_NOCTTY)
+                     : openat(x->dfd, x->e->dst_name, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+    } else if (through && x->special_dest) {
+        fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+    } else if (through) {
         fd = openat(x->dfd, x->through, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
     } else if (x->opt->inplace && exists) {
         fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOFOLLOW);
@@ -1157,7 +1208,11 @@ static void exec_reg(struct ectx *x)
     }
     uint64_t copied = 0;
     int side = MPCP_SIDE_READ;
-    int rc = mpcp_copy_data(x->opt, sfd, fd, x->ddev, (off_t)x->e->size, (blkcnt_t)x->e->blocks,
+    int rc = 0;
+    if (x->special_dest)
+        rc = mpcp_copy_stream(sfd, fd, &copied, &side);
+    else if (!x->opt->attributes_only)
+        rc = mpcp_copy_data(x->opt, sfd, fd, x->ddev, (off_t)x->e->size, (blkcnt_t)x->e->blocks,
                             &copied, &side);
     x->r->bytes = copied;
     bool created = tmp[0] || x->anon || (x->opt->inplace && !exists);
@@ -1802,6 +1857,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         x->made_mode = 0;
         x->xattrs = -1;
         x->backup_due = false;
+        x->special_dest = false;
         x->backup[0] = '\0';
         x->r = &r;
         x->src_q[0] = x->dst_q[0] = '\0';

@@ -66,8 +66,9 @@ _mpcp()
             --reflink --reflink= --remove-destination --sparse= --strip-trailing-slashes
             --symbolic-link --suffix= --target-directory= --no-target-directory --update
             --update= --verbose --one-file-system --jobs= --progress --no-progress --stats --json
-            --dry-run --quiet --inplace --write-through-symlinks= --help --version
-            -a -b -d -f -H -l -L -n -P -p -R -r -s -S -t -T -u -v -x -j -q"
+            --dry-run --quiet --inplace --write-through-symlinks= --attributes-only
+            --copy-contents --interactive --help --version
+            -a -b -d -f -H -i -l -L -n -P -p -R -r -s -S -t -T -u -v -x -j -q"
         mapfile -t COMPREPLY < <(compgen -W "$opts" -- "$cur")
         if [[ ${#COMPREPLY[@]} -eq 1 && ${COMPREPLY[0]} == *= ]]; then
             compopt -o nospace 2>/dev/null

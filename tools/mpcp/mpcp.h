@@ -43,12 +43,15 @@ struct mpcp_opts {
     const char *target_dir;
     int update; /* enum mpcp_update; -n maps to NONE */
     bool force, verbose, one_fs, stats, json, dry_run, quiet, inplace;
-    bool parents;       /* --parents: DIRECTORY/SOURCE as typed, missing folders made */
-    bool strip_slashes; /* --strip-trailing-slashes, on the sources copied into a folder */
-    int backup;         /* enum mpcp_backup: -b, --backup[=CONTROL], -S */
-    const char *suffix; /* of simple backups: -S, SIMPLE_BACKUP_SUFFIX, else "~" */
-    bool remove_dest;   /* --remove-destination: existing files are replaced, never written */
-    int through_links;  /* enum mpcp_through: --write-through-symlinks=WHEN */
+    bool parents;         /* --parents: DIRECTORY/SOURCE as typed, missing folders made */
+    bool strip_slashes;   /* --strip-trailing-slashes, on the sources copied into a folder */
+    int backup;           /* enum mpcp_backup: -b, --backup[=CONTROL], -S */
+    const char *suffix;   /* of simple backups: -S, SIMPLE_BACKUP_SUFFIX, else "~" */
+    bool remove_dest;     /* --remove-destination: existing files are replaced, never written */
+    bool interactive;     /* -i: ask before replacing an existing destination (one process) */
+    bool attributes_only; /* --attributes-only: metadata only; an existing file keeps its data */
+    bool copy_contents;   /* --copy-contents: with -R, fifos and devices are read as files */
+    int through_links;    /* enum mpcp_through: --write-through-symlinks=WHEN */
     int reflink, sparse, progress;
     int jobs;
     bool jobs_auto; /* no -j: one per CPU, or as many as pay on slow storage */
@@ -73,6 +76,9 @@ size_t mpcp_quote_if_needed(char *buf, size_t size, const char *name);
  * that no format string is ever variable.
  */
 void mpcp_format(char *out, size_t size, const char *tmpl, const char *a, const char *b);
+
+/* The name messages start with: "mpcp", or "cp" when run under that name. */
+extern const char *mpcp_program;
 
 /* Prints "mpcp: " + msg (+ ": " + the text of errno err, if err) + newline to stderr. */
 void mpcp_error(int err, const char *msg);
@@ -172,6 +178,13 @@ uint64_t mpcp_copy_bytes(const struct mpcp_opts *opt, int dfd, const char *name,
  */
 int mpcp_copy_data(const struct mpcp_opts *opt, int src_fd, int dst_fd, dev_t dst_dev, off_t size,
                    blkcnt_t blocks, uint64_t *copied, int *side);
+
+/*
+ * Copies src_fd to dst_fd, a fifo or device (an existing destination that
+ * cp writes into), by read and write to the source's end: no clone, no
+ * copy_file_range, no holes. Returns 0 or -errno and sets *side.
+ */
+int mpcp_copy_stream(int src_fd, int dst_fd, uint64_t *copied, int *side);
 
 /*
  * Copies the range [off, off + len) of src_fd to the same range of dst_fd

@@ -24,11 +24,15 @@ static const char help_text[] =
     "\n"
     "Mandatory arguments to long options are mandatory for short options too.\n"
     "  -a, --archive                same as -dR --preserve=all\n"
+    "      --attributes-only        don't copy the file data, just the attributes\n"
     "      --backup[=CONTROL]       make a backup of each existing destination file\n"
+    "      --copy-contents          copy contents of special files when recursive\n"
     "  -b                           like --backup but does not accept an argument\n"
     "  -d                           same as --no-dereference --preserve=links\n"
     "  -f, --force                  replace destinations that cannot be written\n"
     "  -H                           follow command-line symbolic links in SOURCE\n"
+    "  -i, --interactive            prompt before overwrite (overrides a previous -n\n"
+    "                                 option)\n"
     "  -l, --link                   hard link files instead of copying\n"
     "  -L, --dereference            always follow symbolic links in SOURCE\n"
     "  -n, --no-clobber             do not overwrite an existing file\n"
@@ -110,6 +114,8 @@ enum {
     OPT_STRIP_SLASHES,
     OPT_BACKUP,
     OPT_REMOVE_DEST,
+    OPT_COPY_CONTENTS,
+    OPT_ATTRIBUTES_ONLY,
     OPT_THROUGH,
     OPT_HELP,
     OPT_VERSION,
@@ -122,6 +128,7 @@ static const struct option long_options[] = {
     {"link", no_argument, NULL, 'l'},
     {"dereference", no_argument, NULL, 'L'},
     {"no-clobber", no_argument, NULL, 'n'},
+    {"interactive", no_argument, NULL, 'i'},
     {"no-dereference", no_argument, NULL, 'P'},
     {"preserve", optional_argument, NULL, OPT_PRESERVE},
     {"no-preserve", required_argument, NULL, OPT_NO_PRESERVE},
@@ -129,6 +136,8 @@ static const struct option long_options[] = {
     {"recursive", no_argument, NULL, 'R'},
     {"reflink", optional_argument, NULL, OPT_REFLINK},
     {"remove-destination", no_argument, NULL, OPT_REMOVE_DEST},
+    {"copy-contents", no_argument, NULL, OPT_COPY_CONTENTS},
+    {"attributes-only", no_argument, NULL, OPT_ATTRIBUTES_ONLY},
     {"sparse", required_argument, NULL, OPT_SPARSE},
     {"strip-trailing-slashes", no_argument, NULL, OPT_STRIP_SLASHES},
     {"symbolic-link", no_argument, NULL, 's'},
@@ -172,14 +181,15 @@ static const char *version_text(void)
 
 static int usage_error(void)
 {
-    fputs("Try 'mpcp --help' for more information.\n", stderr);
+    fprintf(stderr, "Try '%s --help' for more information.\n", mpcp_program);
     return 1;
 }
 
 /* cp's argmatch failure: the bad value, the valid ones, the hint. */
 static int invalid_argument(const char *value, const char *option, const char *const *valid)
 {
-    fprintf(stderr, "mpcp: invalid argument \u2018%s\u2019 for \u2018%s\u2019\n", value, option);
+    fprintf(stderr, "%s: invalid argument \u2018%s\u2019 for \u2018%s\u2019\n", mpcp_program, value,
+            option);
     fputs("Valid arguments are:\n", stderr);
     for (const char *const *v = valid; *v; v++)
         fprintf(stderr, "  - \u2018%s\u2019\n", *v);
@@ -233,7 +243,7 @@ static int match_backup(const char *value)
 
 static int backup_type_error(const char *value, const char *context, bool ambiguous)
 {
-    fprintf(stderr, "mpcp: %s argument \u2018%s\u2019 for \u2018%s\u2019\n",
+    fprintf(stderr, "%s: %s argument \u2018%s\u2019 for \u2018%s\u2019\n", mpcp_program,
             ambiguous ? "ambiguous" : "invalid", value, context);
     fputs("Valid arguments are:", stderr);
     for (int i = 0; backup_words[i]; i++) {
@@ -262,7 +272,8 @@ static int resolve_backup(struct mpcp_opts *opt)
     if (!backup_args.wanted)
         return -1;
     if (backup_args.no_clobber) {
-        fputs("mpcp: options --backup and --no-clobber are mutually exclusive\n", stderr);
+        fprintf(stderr, "%s: options --backup and --no-clobber are mutually exclusive\n",
+                mpcp_program);
         return usage_error();
     }
     const char *value = backup_args.control;
@@ -345,7 +356,7 @@ static int parse_jobs(struct mpcp_opts *opt, const char *arg)
     errno = 0;
     long n = strtol(arg, &end, 10);
     if (errno || end == arg || *end || n < 1 || n > 4096) {
-        fprintf(stderr, "mpcp: invalid number of jobs: \u2018%s\u2019\n", arg);
+        fprintf(stderr, "%s: invalid number of jobs: \u2018%s\u2019\n", mpcp_program, arg);
         return usage_error();
     }
     opt->jobs = (int)n;
@@ -431,6 +442,12 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
     case OPT_REMOVE_DEST:
         opt->remove_dest = true;
         return -1;
+    case OPT_ATTRIBUTES_ONLY:
+        opt->attributes_only = true;
+        return -1;
+    case OPT_COPY_CONTENTS:
+        opt->copy_contents = true;
+        return -1;
     case OPT_HELP:
         fputs(help_text, stdout);
         return 0;
@@ -472,8 +489,16 @@ static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
         opt->deref = MPCP_DEREF_ALWAYS;
         return -1;
     case 'n':
+        /* -n and -i: the last one wins, as with cp 9.1 */
         opt->update = MPCP_UPDATE_NONE;
+        opt->interactive = false;
         backup_args.no_clobber = true;
+        return -1;
+    case 'i':
+        if (backup_args.no_clobber)
+            opt->update = MPCP_UPDATE_ALL;
+        opt->interactive = true;
+        backup_args.no_clobber = false;
         return -1;
     case 'P':
         opt->deref = MPCP_DEREF_NEVER;
@@ -491,7 +516,7 @@ static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
         return -1;
     case 't':
         if (opt->target_dir) {
-            fputs("mpcp: multiple target directories specified\n", stderr);
+            fprintf(stderr, "%s: multiple target directories specified\n", mpcp_program);
             return usage_error();
         }
         opt->target_dir = arg;
@@ -521,28 +546,29 @@ static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
 static int check_operands(struct mpcp_opts *opt)
 {
     if (opt->target_dir && opt->no_target_dir) {
-        fputs("mpcp: cannot combine --target-directory (-t) and --no-target-directory (-T)\n",
-              stderr);
+        fprintf(stderr,
+                "%s: cannot combine --target-directory (-t) and --no-target-directory (-T)\n",
+                mpcp_program);
         return usage_error();
     }
     if (opt->n_operands == 0) {
-        fputs("mpcp: missing file operand\n", stderr);
+        fprintf(stderr, "%s: missing file operand\n", mpcp_program);
         return usage_error();
     }
     if (!opt->target_dir && opt->n_operands == 1) {
         char q[PATH_MAX + 64];
         mpcp_quote(q, sizeof q, opt->operands[0]);
-        fprintf(stderr, "mpcp: missing destination file operand after %s\n", q);
+        fprintf(stderr, "%s: missing destination file operand after %s\n", mpcp_program, q);
         return usage_error();
     }
     if (opt->no_target_dir && opt->n_operands > 2) {
         char q[PATH_MAX + 64];
         mpcp_quote(q, sizeof q, opt->operands[2]);
-        fprintf(stderr, "mpcp: extra operand %s\n", q);
+        fprintf(stderr, "%s: extra operand %s\n", mpcp_program, q);
         return usage_error();
     }
     if (opt->sparse != MPCP_SPARSE_AUTO && opt->reflink == MPCP_REFLINK_ALWAYS) {
-        fputs("mpcp: --reflink can be used only with --sparse=auto\n", stderr);
+        fprintf(stderr, "%s: --reflink can be used only with --sparse=auto\n", mpcp_program);
         return usage_error();
     }
     return -1;
@@ -553,16 +579,24 @@ int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv)
     memset(opt, 0, sizeof *opt);
     memset(&backup_args, 0, sizeof backup_args);
     opt->jobs = 0;
-    /* getopt names the program by argv[0]; cp's messages say "cp:", ours "mpcp:". */
-    argv[0] = (char *)"mpcp";
+    /*
+     * Messages say "mpcp:", or "cp:" when mpcp is installed as cp (a drop-in
+     * first in PATH, as coreutils' own cp tests run it): scripts that read
+     * cp's messages then read ours. getopt names the program by argv[0].
+     */
+    const char *base = argv[0] ? strrchr(argv[0], '/') : NULL;
+    base = base ? base + 1 : argv[0];
+    if (base && strcmp(base, "cp") == 0)
+        mpcp_program = "cp";
+    argv[0] = (char *)mpcp_program;
     int c;
-    while ((c = getopt_long(argc, argv, "abdfHlLnPpRrsS:t:Tuvxj:q", long_options, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "abdfHilLnPpRrsS:t:Tuvxj:q", long_options, NULL)) != -1) {
         int rc = parse_short(opt, c, optarg);
         if (rc >= 0)
             return rc;
     }
     if (opt->hard_link && opt->symbolic_link) {
-        fputs("mpcp: cannot make both hard and symbolic links\n", stderr);
+        fprintf(stderr, "%s: cannot make both hard and symbolic links\n", mpcp_program);
         return usage_error();
     }
     int rc = resolve_backup(opt);
@@ -576,11 +610,15 @@ int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv)
     opt->jobs_auto = opt->jobs == 0;
     if (opt->jobs == 0 && mproc_cpu_count(&opt->jobs) < 0)
         opt->jobs = 1;
+    /* -i asks on the terminal, one question at a time: no workers. */
+    if (opt->interactive)
+        opt->jobs = 1;
     mode_t old = umask(0);
     umask(old);
     opt->umask = old;
     if (opt->p_context) {
-        fputs("mpcp: cannot preserve security context without an SELinux-enabled kernel\n", stderr);
+        fprintf(stderr, "%s: cannot preserve security context without an SELinux-enabled kernel\n",
+                mpcp_program);
         return 1;
     }
     return check_operands(opt);

@@ -307,7 +307,7 @@ static void draw(struct mpcp_progress *p)
     if (p->tty)
         fprintf(stderr, "\r%s\033[K", line);
     else
-        fprintf(stderr, "mpcp: %s\n", line);
+        fprintf(stderr, "%s: %s\n", mpcp_program, line);
     fflush(stderr);
     p->shown = true;
 }

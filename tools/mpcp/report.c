@@ -198,12 +198,14 @@ void mpcp_format(char *out, size_t size, const char *tmpl, const char *a, const 
     }
 }
 
+const char *mpcp_program = "mpcp";
+
 void mpcp_error(int err, const char *msg)
 {
     if (err)
-        fprintf(stderr, "mpcp: %s: %s\n", msg, mproc_strerror(-err));
+        fprintf(stderr, "%s: %s: %s\n", mpcp_program, msg, mproc_strerror(-err));
     else
-        fprintf(stderr, "mpcp: %s\n", msg);
+        fprintf(stderr, "%s: %s\n", mpcp_program, msg);
 }
 
 static void human(char *buf, size_t size, double bytes)

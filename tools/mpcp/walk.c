@@ -325,12 +325,13 @@ static void link_add(struct planner *p, dev_t dev, ino_t ino, const char *path, 
 
 /* ---- batches ---- */
 
-static uint8_t entry_type(mode_t mode, bool recursive)
+static uint8_t entry_type(mode_t mode, const struct mpcp_opts *opt)
 {
     if (S_ISLNK(mode))
         return MPCP_T_LNK;
-    if (S_ISREG(mode) || !recursive)
-        return MPCP_T_REG; /* cp without -R reads devices and fifos as files */
+    /* cp without -R, or with --copy-contents, reads devices and fifos as files */
+    if (S_ISREG(mode) || !opt->recursive || (opt->copy_contents && !S_ISSOCK(mode)))
+        return MPCP_T_REG;
     if (S_ISFIFO(mode))
         return MPCP_T_FIFO;
     if (S_ISSOCK(mode))
@@ -867,7 +868,7 @@ static void add_entry(struct planner *p, const char *name, const char *dst_name,
                       const struct stat *st, uint8_t flags)
 {
     struct mpcp_entry e = {0};
-    e.type = entry_type(st->st_mode, p->opt->recursive);
+    e.type = entry_type(st->st_mode, p->opt);
     e.flags = flags;
     e.name = name;
     e.dst_name = dst_name;
