@@ -54,6 +54,7 @@ struct mpcp_opts {
     int through_links;    /* enum mpcp_through: --write-through-symlinks=WHEN */
     int reflink, sparse, progress;
     int jobs;
+    bool jobs_auto; /* no -j: one per CPU, or as many as pay on slow storage */
     char **operands;
     int n_operands;
     mode_t umask; /* the process umask, read once */
@@ -380,6 +381,42 @@ int mpcp_list_decode_result(const unsigned char *p, size_t len, uint32_t *sectio
 int mpcp_list_decode_section(const unsigned char *p, size_t len, size_t *pos,
                              struct mpcp_list_info *info);
 int mpcp_list_decode_entry(const unsigned char *p, size_t end, size_t *pos, struct mpcp_listed *e);
+
+/* ---- concurrency on slow storage (adapt.c) ---- */
+
+/* The pool's size on slow storage without -j: MPCP_MAX_JOBS, up to the limit. */
+#define MPCP_MAX_JOBS_DEFAULT 64
+#define MPCP_MAX_JOBS_LIMIT   1024
+
+/*
+ * Whether fd is on storage where every operation waits for a round trip
+ * (network filesystems and FUSE, by statfs type); MPCP_SLOW=1 or 0 decides
+ * instead. On such storage, without -j, mpcp starts mpcp_slow_max_jobs()
+ * workers and keeps as many tasks in flight as pays (struct mpcp_adapt).
+ */
+bool mpcp_slow_fs(int fd);
+int mpcp_slow_max_jobs(void);
+
+/*
+ * The window of tasks in flight, found while copying: limit is how many the
+ * planner may have in flight now, between 1 and cap. The planner calls
+ * mpcp_adapt_done() as each task completes, with the work it did (entries
+ * and bytes, in one unit); the window then grows while the work done per
+ * second grows, and falls back when it stops growing. Not thread-safe: the
+ * planner's alone.
+ */
+struct mpcp_adapt {
+    size_t limit, cap;
+    size_t good;   /* the largest size whose step up paid */
+    double best;   /* work per second at good */
+    double t0;     /* start of this measurement */
+    uint64_t work; /* done since t0 */
+    size_t tasks;  /* completed since t0 */
+    int hold;      /* measurements left before the next probe */
+    bool probed;   /* a step did not pay once: later probes are smaller */
+};
+void mpcp_adapt_init(struct mpcp_adapt *a, size_t start, size_t cap);
+void mpcp_adapt_done(struct mpcp_adapt *a, uint64_t work);
 
 /* ---- workers (parallel.c) ---- */
 

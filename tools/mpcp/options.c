@@ -607,6 +607,7 @@ int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv)
     /* As cp: -r alone copies symlinks, -rl links what they point to. */
     if (opt->deref == MPCP_DEREF_UNSET)
         opt->deref = opt->recursive && !opt->hard_link ? MPCP_DEREF_NEVER : MPCP_DEREF_ALWAYS;
+    opt->jobs_auto = opt->jobs == 0;
     if (opt->jobs == 0 && mproc_cpu_count(&opt->jobs) < 0)
         opt->jobs = 1;
     /* -i asks on the terminal, one question at a time: no workers. */

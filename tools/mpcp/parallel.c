@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/vfs.h>
 #include <unistd.h>
 
 /* Set while a worker runs a task: a stop signal then lets the executor clean up. */
@@ -162,33 +161,6 @@ static int list_task(mproc_task_ctx *ctx, const void *arg, size_t len)
     return run_task(ctx, arg, len, mpcp_list_run);
 }
 
-/*
- * Filesystems whose every stat is a network round trip (statfs f_type).
- * Not FUSE: through a local one (bindfs) the shared walk was slower here.
- */
-static bool remote_fs(int fd)
-{
-    static const unsigned long magic[] = {
-        0x6969,     /* NFS */
-        0xFF534D42, /* CIFS */
-        0xFE534D42, /* SMB2 */
-        0x00C36400, /* CephFS */
-        0x0BD00BD0, /* Lustre */
-        0x47504653, /* GPFS (Spectrum Scale) */
-        0x19830326, /* BeeGFS */
-        0xAAD7AAEA, /* PanFS */
-        0x01021997, /* 9p */
-        0x6B414653, /* AFS */
-    };
-    struct statfs fs;
-    if (fstatfs(fd, &fs) < 0)
-        return false;
-    for (size_t i = 0; i < sizeof magic / sizeof magic[0]; i++)
-        if ((unsigned long)fs.f_type == magic[i])
-            return true;
-    return false;
-}
-
 /* Whether the launcher spread the ranks over several nodes (Open MPI, MPICH, Slurm). */
 static bool ranks_on_several_nodes(void)
 {
@@ -214,7 +186,9 @@ bool mpcp_workers_walk(const mproc_pool *pool, int src_fd)
      * On one node's own disk a stat costs a microsecond, and asking a
      * worker costs more than it saves (measured: docs/CLUSTER.md).
      */
-    return pool == cluster_pool && (ranks_on_several_nodes() || remote_fs(src_fd));
+    if (mpcp_slow_fs(src_fd))
+        return true; /* a round trip per stat: listings overlap (docs/BENCHMARKS.md) */
+    return pool == cluster_pool && ranks_on_several_nodes();
 }
 
 int mpcp_workers_start(mproc_pool **out, int jobs)

@@ -26,6 +26,16 @@
 
 #define BATCH_ENTRIES 256
 #define BATCH_BYTES   ((uint64_t)64 << 20)
+/*
+ * On slow storage a batch takes a round trip per operation: small batches
+ * share a folder among many workers (256 entries of 8 operations at 1 ms
+ * would be 2 s on one worker).
+ */
+#define SLOW_BATCH_ENTRIES 8
+#define SLOW_BATCH_BYTES   ((uint64_t)8 << 20)
+/* Work units for the window's throughput: a round trip or so each. */
+#define WORK_PER_ENTRY 8
+#define WORK_BYTES     ((uint64_t)128 << 10)
 /* Larger files are copied in ranges of at least CHUNK_MIN by several workers. */
 #define CHUNK_ABOVE ((uint64_t)64 << 20)
 #define CHUNK_MIN   ((uint64_t)32 << 20)
@@ -123,6 +133,11 @@ struct planner {
     struct flight *fly;   /* tasks in flight, max_fly at most */
     mproc_result **fly_r; /* their results, side by side for wait_many */
     size_t n_fly, max_fly;
+    bool slow;                /* slow storage (mpcp_slow_fs): small batches */
+    bool adaptive;            /* ...and no -j: the window follows the throughput */
+    struct mpcp_adapt adapt;  /* the window, when adaptive */
+    uint32_t batch_entries;   /* a batch is flushed at this many entries */
+    uint64_t batch_max_bytes; /* ...or bytes */
     uint64_t batch_seq; /* number of the batch being built */
     uint64_t batch_dep; /* its hard links need tasks up to this one reported; 0: none */
     bool batch_away;    /* -s: its folder refuses relative symlinks (MPCP_TASK_AWAY) */
@@ -637,6 +652,14 @@ static void cancel_waiting(struct planner *p)
         mproc_result_cancel(p->fly_r[i]);
 }
 
+/* What the run has done so far, in about round trips (the window's measure). */
+static uint64_t work_done(const struct mpcp_stats *st)
+{
+    uint64_t entries = st->files + st->dirs + st->symlinks + st->hardlinks + st->specials +
+                       st->skipped + st->errors;
+    return entries * WORK_PER_ENTRY + st->bytes / WORK_BYTES;
+}
+
 /* Handles the i-th task in flight, which has completed, and forgets it. */
 static void complete(struct planner *p, size_t i)
 {
@@ -649,6 +672,7 @@ static void complete(struct planner *p, size_t i)
     size_t len;
     int rc = mproc_result_get(r, &data, &len, 0);
     bool was_stopped = p->stop;
+    uint64_t work0 = work_done(&p->st);
     if (f.chunk)
         range_done(p, f.chunk, rc == 0 ? data : NULL, len, r, rc);
     else if (rc == 0)
@@ -657,6 +681,8 @@ static void complete(struct planner *p, size_t i)
         report_lost(p, &f, r, rc);
     if (p->stop && !was_stopped)
         cancel_waiting(p);
+    if (p->adaptive)
+        mpcp_adapt_done(&p->adapt, work_done(&p->st) - work0);
     mproc_result_destroy(&r);
     mpcp_buf_free(&f.task);
     folder_release(p, f.folder);
@@ -695,10 +721,20 @@ static bool in_flight_upto(const struct planner *p, uint64_t seq)
     return false;
 }
 
+/*
+ * How many tasks may be in flight now: adaptive, twice the workers the
+ * window keeps busy, so that each finds its next task waiting.
+ */
+static size_t window(const struct planner *p)
+{
+    size_t w = p->adaptive ? p->adapt.limit * 2 : p->max_fly;
+    return w < p->max_fly ? w : p->max_fly;
+}
+
 /* Waits for room in flight. False when the run stopped meanwhile (out of space, Ctrl-C). */
 static bool wait_room(struct planner *p)
 {
-    while (p->n_fly >= p->max_fly && !mpcp_interrupted)
+    while (p->n_fly >= window(p) && !mpcp_interrupted)
         wait_some(p);
     if (!mpcp_interrupted && !p->stop)
         return true;
@@ -748,6 +784,11 @@ static void drain(struct planner *p)
 {
     while (p->n_fly > 0 && !mpcp_interrupted)
         wait_some(p);
+}
+
+static bool batch_full(const struct planner *p)
+{
+    return mpcp_task_count(&p->task) >= p->batch_entries || p->batch_bytes >= p->batch_max_bytes;
 }
 
 static void flush(struct planner *p)
@@ -1342,7 +1383,7 @@ static void walk_stated(struct planner *p, const char *name, const struct stat *
     uint8_t eflags = flags | (follow ? 0 : MPCP_E_FOLLOW);
     if (copy_in_chunks(p, name, st, eflags))
         return;
-    if (mpcp_task_count(&p->task) >= BATCH_ENTRIES || p->batch_bytes >= BATCH_BYTES)
+    if (batch_full(p))
         flush(p);
     add_entry(p, name, name, st, eflags);
 }
@@ -1951,7 +1992,7 @@ static bool join_operands(struct planner *p, const struct operand *o, const stru
         p->batch_folder = NULL;
         p->ops_open = true;
         p->ops_root = o->root;
-    } else if (mpcp_task_count(&p->task) >= BATCH_ENTRIES || p->batch_bytes >= BATCH_BYTES) {
+    } else if (batch_full(p)) {
         flush(p);
     }
     add_entry(p, o->sbase, o->dbase, st, p->opt->deref == MPCP_DEREF_NEVER ? 0 : MPCP_E_FOLLOW);
@@ -2465,6 +2506,38 @@ static bool worth_workers(const struct planner *p, const struct plan *pl)
            fstatat(o->sparent, o->sbase, &st, follow) == 0 && S_ISDIR(st.st_mode);
 }
 
+static bool plan_on_slow_fs(const struct plan *pl)
+{
+    for (int i = 0; i < pl->n; i++)
+        if (mpcp_slow_fs(pl->ops[i].sparent) || mpcp_slow_fs(pl->ops[i].dparent))
+            return true;
+    return false;
+}
+
+/*
+ * A source or destination on slow storage: small batches, and without -j a
+ * pool of mpcp_slow_max_jobs() workers of which the window keeps busy as
+ * many as pay. The window starts at half the pool: a latency-bound copy
+ * gains most in its first second, and one doubling or one step back
+ * settles it.
+ */
+static void use_slow_storage(struct planner *p, const struct plan *pl)
+{
+    p->slow = plan_on_slow_fs(pl);
+    if (!p->slow)
+        return;
+    p->batch_entries = SLOW_BATCH_ENTRIES;
+    p->batch_max_bytes = SLOW_BATCH_BYTES;
+    if (!p->opt->jobs_auto)
+        return;
+    int cpus = p->opt->jobs, cap = mpcp_slow_max_jobs();
+    if (cap < cpus)
+        cap = cpus;
+    p->opt->jobs = cap;
+    p->adaptive = true;
+    mpcp_adapt_init(&p->adapt, (size_t)(cap + 1) / 2, (size_t)cap);
+}
+
 /*
  * -j 1 copies in this process, the lean path. Otherwise the pool is made
  * now, after the roots and before the progress thread: workers are forks of
@@ -2472,8 +2545,11 @@ static bool worth_workers(const struct planner *p, const struct plan *pl)
  */
 static void start_workers(struct planner *p, const struct plan *pl)
 {
+    p->batch_entries = BATCH_ENTRIES;
+    p->batch_max_bytes = BATCH_BYTES;
     if (!worth_workers(p, pl))
         return;
+    use_slow_storage(p, pl);
     p->max_fly = (size_t)p->opt->jobs * 4;
     p->fly = calloc(p->max_fly, sizeof *p->fly);
     p->fly_r = calloc(p->max_fly, sizeof(mproc_result *));
