@@ -794,7 +794,8 @@ CASE(same_file_hardlink, .setup = setup_files, .args = {"f", "h"})
 CASE(same_file_via_symlink, .setup = setup_files, .args = {"t", "tlink"})
 CASE(dangling_dest, .setup = setup_files, .args = {"f", "dangling"})
 CASE(write_through_symlink, .setup = setup_files, .args = {"f", "tlink"})
-CASE(write_through_symlink_as_nobody, .setup = setup_own_link, .args = {"f", "tlink"}, .nobody = true)
+CASE(write_through_symlink_as_nobody, .setup = setup_own_link, .args = {"f", "tlink"},
+     .nobody = true)
 CASE(write_through_foreign_link_in_our_folder, .setup = setup_foreign_link, .args = {"s/f", "o/f"})
 CASE(write_through_foreign_link_workers, .setup = setup_foreign_link, .args = {"-r", "s/.", "o"},
      .jobs = "4")

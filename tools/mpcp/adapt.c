@@ -20,8 +20,8 @@
 
 #define PERIOD_S 0.2 /* a measurement lasts at least this long ... */
 /* ... and sees as many tasks complete as half the workers it keeps busy. */
-#define GAIN         1.12 /* a step up must pay this much to be kept */
-#define HOLD_PERIODS 8    /* periods at a settled size before the next probe */
+#define GAIN             1.12 /* a step up must pay this much to be kept */
+#define HOLD_PERIODS     8    /* periods at a settled size before the next probe */
 
 #define FUSE_SUPER_MAGIC 0x65735546ul
 

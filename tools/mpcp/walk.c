@@ -138,9 +138,9 @@ struct planner {
     struct mpcp_adapt adapt;  /* the window, when adaptive */
     uint32_t batch_entries;   /* a batch is flushed at this many entries */
     uint64_t batch_max_bytes; /* ...or bytes */
-    uint64_t batch_seq; /* number of the batch being built */
-    uint64_t batch_dep; /* its hard links need tasks up to this one reported; 0: none */
-    bool batch_away;    /* -s: its folder refuses relative symlinks (MPCP_TASK_AWAY) */
+    uint64_t batch_seq;       /* number of the batch being built */
+    uint64_t batch_dep;       /* its hard links need tasks up to this one reported; 0: none */
+    bool batch_away;          /* -s: its folder refuses relative symlinks (MPCP_TASK_AWAY) */
     struct folder *cur_folder, *batch_folder;
     bool batch_top;     /* the batch is one operand (MPCP_TASK_TOP) */
     bool ops_open;      /* the batch holds file operands (join_operands) */
