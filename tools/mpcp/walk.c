@@ -105,15 +105,11 @@ struct planner {
     struct mpcp_opts *opt;
     struct mpcp_stats st;
     struct mpcp_progress *prog;
-    int status;
-    bool stop;
-    uint32_t root;
     dev_t root_dev;
     struct str src_rel, dst_rel, src_disp, dst_disp;
     struct mpcp_buf task, result;
     size_t task_header; /* bytes of the current batch's header */
     uint64_t batch_bytes;
-    int batch_sfd, batch_dfd;
     struct {
         dev_t dev;
         ino_t ino;
@@ -127,31 +123,35 @@ struct planner {
         ino_t dino, sino;
     } * made;
     size_t n_made, cap_made;
-    bool track_made;
     uint64_t bytes_seen;  /* of the batch being copied here, already shown by the progress */
     mproc_pool *pool;     /* NULL: tasks run in this process (-j 1) */
     struct flight *fly;   /* tasks in flight, max_fly at most */
     mproc_result **fly_r; /* their results, side by side for wait_many */
     size_t n_fly, max_fly;
-    bool slow;                /* slow storage (mpcp_slow_fs): small batches */
-    bool adaptive;            /* ...and no -j: the window follows the throughput */
     struct mpcp_adapt adapt;  /* the window, when adaptive */
-    uint32_t batch_entries;   /* a batch is flushed at this many entries */
-    uint64_t batch_max_bytes; /* ...or bytes */
+    uint64_t batch_max_bytes; /* a batch is flushed at this many bytes (or batch_entries) */
     uint64_t batch_seq;       /* number of the batch being built */
     uint64_t batch_dep;       /* its hard links need tasks up to this one reported; 0: none */
-    bool batch_away;          /* -s: its folder refuses relative symlinks (MPCP_TASK_AWAY) */
     struct folder *cur_folder, *batch_folder;
-    bool batch_top;     /* the batch is one operand (MPCP_TASK_TOP) */
-    bool ops_open;      /* the batch holds file operands (join_operands) */
-    uint32_t ops_root;  /* ...of this root */
-    struct str ops_src; /* ...whose names as typed start with these */
+    struct str ops_src; /* with ops_open: the operands' names as typed start with these */
     struct str ops_dst;
-    /* Listings of the folders the walk comes to next, made by the workers (MPCP_WALK). */
-    bool walk_workers;
     struct listing *pre;
     size_t n_pre, cap_pre;
     size_t n_asked, max_asked; /* requests not answered yet */
+    int status;
+    uint32_t root;
+    int batch_sfd, batch_dfd;
+    uint32_t batch_entries; /* a batch is flushed at this many entries */
+    uint32_t ops_root;      /* with ops_open: the operands' root */
+    bool stop;
+    bool track_made;
+    bool slow;       /* slow storage (mpcp_slow_fs): small batches */
+    bool adaptive;   /* slow and no -j: the window follows the throughput */
+    bool batch_away; /* -s: its folder refuses relative symlinks (MPCP_TASK_AWAY) */
+    bool batch_top;  /* the batch is one operand (MPCP_TASK_TOP) */
+    bool ops_open;   /* the batch holds file operands (join_operands) */
+    /* Listings of the folders the walk comes to next, made by the workers (MPCP_WALK). */
+    bool walk_workers;
 };
 
 /* A worker's answer to one listing request, shared by the folders it lists. */
