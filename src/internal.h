@@ -33,7 +33,35 @@ int mproc__remaining_ms(int64_t deadline);
  */
 int mproc__wait_readable(int fd, int timeout_ms);
 
-/* close() that keeps errno and ignores fd < 0. */
+/* ---- which descriptors a forked child keeps (fd_registry.c) ---- */
+
+/*
+ * Owners of recorded descriptors. SHARED (never recorded): a user object's,
+ * inherited by every child. PRIVATE: the process's own (a pool's ends in the
+ * creating process, pidfds), closed in every child. Any other value: a pool's
+ * tag (its address), kept only by the children forked for that pool.
+ */
+#define MPROC__FD_SHARED  ((uintptr_t)0)
+#define MPROC__FD_PRIVATE ((uintptr_t)1)
+
+/*
+ * Held from the creation of descriptors to record until mproc__fd_record()
+ * has recorded them, so that no fork() falls in between. Not across fork().
+ */
+void mproc__fd_lock(void);
+void mproc__fd_unlock(void);
+
+/* Records fd as owner's, with the lock held. Returns 0, -EBADF, -EMFILE (table full). */
+int mproc__fd_record(int fd, uintptr_t owner);
+
+/*
+ * fork() whose child keeps the recorded descriptors of owner (a pool's tag)
+ * and closes every other recorded one; a plain fork() (the program's own, or
+ * owner PRIVATE) keeps none of them. Returns what fork() returns.
+ */
+pid_t mproc__fork_keeping(uintptr_t owner);
+
+/* close() that keeps errno, ignores fd < 0 and forgets fd if it was recorded. */
 void mproc__close(int fd);
 
 /*

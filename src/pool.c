@@ -21,6 +21,7 @@
 #include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <poll.h>
 #include <string.h>
 #include <sys/eventfd.h>
 #include <sys/mman.h>
@@ -37,6 +38,17 @@
 #define RECEIVE_BUFFER  ((size_t)512 * 1024)
 #define HOUSEKEEPING_MS 100
 #define TASK_RING       (1 << 20)
+/*
+ * Teardown bound: the fork server gets this long to stop its workers and
+ * exit (its own grace for them is 1 s), then it is killed; its workers die
+ * with it (PR_SET_PDEATHSIG).
+ */
+#define SERVER_EXIT_MS 3000
+/* A worker that cannot be started is tried again after 10 ms, doubling up to 1 s. */
+#define SPAWN_BACKOFF_MS     10
+#define SPAWN_BACKOFF_MAX_MS 1000
+/* With no worker up, this many failed starts in a row of every slot break the pool. */
+#define SPAWN_ATTEMPTS 5
 /*
  * A task message this large streams through its worker's ring in parts, so
  * it can only be sent whole to a worker that is reading: an idle one.
@@ -79,7 +91,9 @@ struct worker_state {
     bool up;
     bool spawning;
     bool stop_sent;
-    bool lost; /* an MPI rank that failed: never asked back */
+    bool lost;              /* an MPI rank that failed: never asked back */
+    unsigned failed_starts; /* in a row: fork failed or the initializer did */
+    int64_t respawn_at;     /* when to ask again after a failed start; 0: not waiting */
     pid_t pid;
     uint32_t generation;
     unsigned dispatched; /* since it started, for max_tasks_per_child */
@@ -123,6 +137,7 @@ struct mproc_pool {
     size_t window;
     _Atomic uint32_t all_down; /* futex word for join() */
     const char *broken_reason;
+    char broken_text[256];        /* broken_reason when it is built here */
     struct mproc__mpi_proxy *mpi; /* stands in for the fork server over MPI */
     int proxy_sock;               /* the proxy's end of server_sock */
 };
@@ -493,8 +508,8 @@ static void handle_done(mproc_pool *pool, const unsigned char *msg_bytes, size_t
 }
 
 /* Why a worker ended, for the error message. */
-static void describe_death(char *out, size_t cap, pid_t pid, int wstatus, bool timed_out,
-                           int timeout_ms)
+static void describe_death(char *out, size_t cap, pid_t pid, int wstatus, int status,
+                           bool timed_out, int timeout_ms)
 {
     if (timed_out) {
         snprintf(out, cap, "task timed out after %d ms; its worker %d was killed", timeout_ms,
@@ -507,7 +522,7 @@ static void describe_death(char *out, size_t cap, pid_t pid, int wstatus, bool t
     } else if (wstatus >= 0) {
         snprintf(out, cap, "worker %d died: exited with status %d", (int)pid, WEXITSTATUS(wstatus));
     } else {
-        snprintf(out, cap, "worker could not be started");
+        snprintf(out, cap, "worker could not be started: %s", strerror(-status));
     }
 }
 
@@ -525,6 +540,73 @@ static void break_if_all_lost(mproc_pool *pool, struct done_list *done)
     pool->state = POOL_BROKEN;
     pool->broken_reason = "every MPI worker rank has failed";
     fail_everything(pool, MPROC_EBROKEN, pool->broken_reason, done);
+}
+
+/*
+ * Whether a death was a start that failed: fork() failed (EAGAIN under
+ * RLIMIT_NPROC, ENOMEM), or the initializer did, before any task was sent.
+ */
+static bool failed_start(const struct worker_state *ws, const struct pool_res_msg *msg)
+{
+    if (msg->wstatus == -1)
+        return true;
+    return ws->dispatched == 0 && WIFEXITED(msg->wstatus) && WEXITSTATUS(msg->wstatus) == 3;
+}
+
+static bool any_worker_up(const mproc_pool *pool)
+{
+    for (int w = 0; w < pool->workers; w++) {
+        if (pool->ws[w].up)
+            return true;
+    }
+    return false;
+}
+
+/*
+ * A slot could not start a worker: ask again later, with a growing delay,
+ * rather than at once and forever. When no worker is up and every slot has
+ * failed SPAWN_ATTEMPTS times in a row, the pool cannot run anything: it
+ * breaks, and every task fails with why.
+ */
+static void note_failed_start(mproc_pool *pool, int w, const struct pool_res_msg *msg,
+                              struct done_list *done)
+{
+    struct worker_state *ws = &pool->ws[w];
+    ws->failed_starts++;
+    unsigned shift = ws->failed_starts < 8 ? ws->failed_starts - 1 : 7;
+    int delay = SPAWN_BACKOFF_MS << shift;
+    ws->respawn_at =
+        mproc__now_ms() + (delay < SPAWN_BACKOFF_MAX_MS ? delay : SPAWN_BACKOFF_MAX_MS);
+    if (any_worker_up(pool) || pool->state == POOL_BROKEN)
+        return;
+    for (int i = 0; i < pool->workers; i++) {
+        if (pool->ws[i].failed_starts < SPAWN_ATTEMPTS)
+            return;
+    }
+    if (msg->wstatus == -1)
+        snprintf(pool->broken_text, sizeof(pool->broken_text), "no worker can be started: fork: %s",
+                 strerror(-msg->status));
+    else
+        snprintf(pool->broken_text, sizeof(pool->broken_text),
+                 "no worker can be started: the initializer failed");
+    pool->state = POOL_BROKEN;
+    pool->broken_reason = pool->broken_text;
+    fail_everything(pool, MPROC_EBROKEN, pool->broken_reason, done);
+}
+
+/* Slots whose failed start has waited long enough are asked again. */
+static void respawn_due(mproc_pool *pool)
+{
+    int64_t now = mproc__now_ms();
+    for (int w = 0; w < pool->workers; w++) {
+        struct worker_state *ws = &pool->ws[w];
+        if (!ws->respawn_at || now < ws->respawn_at)
+            continue;
+        ws->respawn_at = 0;
+        bool work_left = outstanding(pool) > 0;
+        if (pool->state == POOL_RUNNING || (pool->state == POOL_CLOSED && work_left))
+            request_spawn(pool, w);
+    }
 }
 
 /* Puts t back at the front of the pending list, to run on another worker. */
@@ -569,7 +651,7 @@ static void handle_death(mproc_pool *pool, const struct pool_res_msg *msg, const
             continue;
         }
         char why[256];
-        describe_death(why, sizeof(why), msg->pid, msg->wstatus, t->timed_out,
+        describe_death(why, sizeof(why), msg->pid, msg->wstatus, msg->status, t->timed_out,
                        pool->options.task_timeout_ms);
         fail_task(pool, t, t->timed_out ? -ETIMEDOUT : MPROC_EWORKERDIED, text ? text : why, done);
     }
@@ -578,6 +660,11 @@ static void handle_death(mproc_pool *pool, const struct pool_res_msg *msg, const
         break_if_all_lost(pool, done);
         return;
     }
+    if (failed_start(ws, msg)) {
+        note_failed_start(pool, w, msg, done);
+        return;
+    }
+    ws->failed_starts = 0;
     bool work_left = outstanding(pool) > 0;
     if (pool->state == POOL_RUNNING || (pool->state == POOL_CLOSED && work_left))
         request_spawn(pool, w);
@@ -595,6 +682,7 @@ static void handle_up(mproc_pool *pool, const struct pool_res_msg *msg)
     ws->pid = msg->pid;
     ws->generation = atomic_load(&pool->slots[w].generation);
     ws->dispatched = 0;
+    ws->failed_starts = 0;
     if (pool->state == POOL_TERMINATED || pool->state == POOL_BROKEN)
         server_request(pool, OP_KILL, w, SIGKILL);
 }
@@ -677,6 +765,31 @@ static void check_proxy(mproc_pool *pool, struct done_list *done)
 }
 #endif
 
+/* "fork server 1234 died: killed by signal 9 (Killed)", into the pool's broken_text. */
+static void describe_server_death(mproc_pool *pool, const siginfo_t *info, bool reaped_elsewhere)
+{
+    char *out = pool->broken_text;
+    size_t cap = sizeof(pool->broken_text);
+    int pid = (int)pool->server_pid;
+    if (reaped_elsewhere) {
+        snprintf(out, cap, "fork server %d is gone (reaped by someone else)", pid);
+    } else if (info->si_code == CLD_KILLED || info->si_code == CLD_DUMPED) {
+        const char *name = sigdescr_np(info->si_status);
+        snprintf(out, cap, "fork server %d died: killed by signal %d (%s)", pid, info->si_status,
+                 name ? name : "unknown");
+    } else {
+        snprintf(out, cap, "fork server %d died: exited with status %d", pid, info->si_status);
+    }
+    pool->broken_reason = out;
+}
+
+static void drain_results(mproc_pool *pool, struct done_list *done);
+
+/*
+ * The fork server is gone, and its workers with it (PR_SET_PDEATHSIG): no
+ * worker can be replaced, so the pool breaks. Results the workers put before
+ * they died still count; every other task fails with the reason.
+ */
 static void check_server(mproc_pool *pool, struct done_list *done)
 {
 #ifdef MPROC_HAVE_MPI
@@ -689,14 +802,17 @@ static void check_server(mproc_pool *pool, struct done_list *done)
         return;
     siginfo_t info;
     memset(&info, 0, sizeof(info));
-    if (waitid(P_PID, (id_t)pool->server_pid, &info, WEXITED | WNOHANG) < 0 || info.si_pid == 0)
+    int rc = waitid(P_PID, (id_t)pool->server_pid, &info, WEXITED | WNOHANG);
+    bool reaped_elsewhere = rc < 0 && errno == ECHILD;
+    if ((rc < 0 && !reaped_elsewhere) || (rc == 0 && info.si_pid == 0))
         return;
+    describe_server_death(pool, &info, reaped_elsewhere);
     pool->server_pid = 0;
+    drain_results(pool, done);
     pool->state = POOL_BROKEN;
-    pool->broken_reason = "the pool's fork server died";
     fail_everything(pool, MPROC_EBROKEN, pool->broken_reason, done);
     for (int w = 0; w < pool->workers; w++)
-        pool->ws[w].up = false;
+        pool->ws[w].up = pool->ws[w].spawning = false;
 }
 
 static void update_all_down(mproc_pool *pool)
@@ -757,9 +873,31 @@ static int receive(mproc_pool *pool, unsigned char *rx, size_t rx_cap, struct io
     return rc;
 }
 
+/* Handles every result message already queued, without waiting. */
+static void drain_results(mproc_pool *pool, struct done_list *done)
+{
+    struct iovec msgs[RESULT_BATCH];
+    for (;;) {
+        size_t count = 0;
+        void *owned = NULL;
+        if (receive(pool, NULL, 0, msgs, &count, &owned, 0) < 0 || count == 0)
+            return;
+        for (size_t i = 0; i < count; i++)
+            handle_message(pool, msgs[i].iov_base, msgs[i].iov_len, owned, done);
+    }
+}
+
+static _Thread_local const mproc_pool *result_thread_of;
+
+bool mproc__pool_is_result_thread(const mproc_pool *pool)
+{
+    return pool && result_thread_of == pool;
+}
+
 static void *result_thread(void *arg)
 {
     mproc_pool *pool = arg;
+    result_thread_of = pool;
     struct done_list done = {0};
     struct iovec msgs[RESULT_BATCH];
     /* Without it every message takes the allocating path: slower, not wrong. */
@@ -780,6 +918,7 @@ static void *result_thread(void *arg)
             handle_message(pool, msgs[i].iov_base, msgs[i].iov_len, owned, &done);
         check_timeouts(pool);
         check_server(pool, &done);
+        respawn_due(pool);
         dispatch(pool);
         maybe_stop_workers(pool);
         update_all_down(pool);
@@ -803,25 +942,108 @@ static void wake_thread(mproc_pool *pool)
 
 /* ---- creation ---- */
 
-static int make_channels(mproc_pool *pool)
+/*
+ * Reaps the fork server: it gets SERVER_EXIT_MS to exit on its own (its
+ * socket end was closed), then it is killed. Never waits without a bound on
+ * a process that does not answer. Only our own child is waited for.
+ */
+static void reap_server(pid_t pid)
 {
+    int64_t deadline = mproc__now_ms() + SERVER_EXIT_MS;
+    int delay_ms = 1;
+    for (;;) {
+        pid_t got = waitpid(pid, NULL, WNOHANG);
+        if (got == pid || (got < 0 && errno != EINTR))
+            return; /* reaped, or someone else reaped it (ECHILD) */
+        if (mproc__now_ms() >= deadline)
+            break;
+        (void)poll(NULL, 0, delay_ms);
+        delay_ms = delay_ms < 32 ? delay_ms * 2 : delay_ms;
+    }
+    (void)kill(pid, SIGKILL);
+    while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
+    }
+}
+
+/* The tag of the descriptors only this pool's fork server and workers keep (fd_registry.c). */
+static uintptr_t fd_owner(const mproc_pool *pool)
+{
+    return (uintptr_t)pool;
+}
+
+static int record_queue(mproc_queue *queue, uintptr_t owner)
+{
+    int fd = -1;
+    int rc = mproc_queue_fd(queue, &fd);
+    return rc < 0 ? rc : mproc__fd_record(fd, owner);
+}
+
+/* With the descriptor lock held: every descriptor is recorded before anyone forks. */
+static int make_channels_locked(mproc_pool *pool)
+{
+    uintptr_t owner = fd_owner(pool);
     int rc = mproc_queue_create(&pool->result_q, 0, 0);
+    if (rc == 0)
+        rc = record_queue(pool->result_q, owner);
     for (int w = 0; w < pool->workers && rc == 0; w++) {
         rc = mproc_queue_create(&pool->task_q[w], 0, TASK_RING);
+        if (rc == 0)
+            rc = record_queue(pool->task_q[w], owner);
         int pair[2];
         if (rc == 0 && socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
             rc = -errno;
         if (rc == 0) {
             pool->parent_socks[w] = pair[0];
             pool->worker_socks[w] = pair[1];
+            rc = mproc__fd_record(pair[0], MPROC__FD_PRIVATE);
         }
+        if (rc == 0)
+            rc = mproc__fd_record(pair[1], owner);
     }
     if (rc == 0)
         rc = mproc__region_create(&pool->slots_region,
                                   (size_t)pool->workers * sizeof(struct pool_slot), "mproc-pool");
     if (rc == 0)
+        rc = mproc__fd_record(pool->slots_region.fd, owner);
+    if (rc == 0)
         pool->slots = pool->slots_region.addr;
+    if (rc == 0) {
+        pool->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        rc = pool->event_fd < 0 ? -errno : mproc__fd_record(pool->event_fd, MPROC__FD_PRIVATE);
+    }
     return rc;
+}
+
+static int make_channels(mproc_pool *pool)
+{
+    mproc__fd_lock();
+    int rc = make_channels_locked(pool);
+    mproc__fd_unlock();
+    return rc;
+}
+
+/* A socket pair: *ours recorded as this process's only, *theirs as owner's. */
+static int make_pair(int *ours, int *theirs, uintptr_t owner)
+{
+    int pair[2];
+    mproc__fd_lock();
+    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+        int err = errno;
+        mproc__fd_unlock();
+        return -err;
+    }
+    int rc = mproc__fd_record(pair[0], MPROC__FD_PRIVATE);
+    if (rc == 0)
+        rc = mproc__fd_record(pair[1], owner);
+    mproc__fd_unlock();
+    if (rc < 0) {
+        mproc__close(pair[0]);
+        mproc__close(pair[1]);
+        return rc;
+    }
+    *ours = pair[0];
+    *theirs = pair[1];
+    return 0;
 }
 
 /* What the fork server (or the MPI proxy) needs to serve the pool, answering on server_sock. */
@@ -837,6 +1059,7 @@ static struct pool_process_config process_config(const mproc_pool *pool, int ser
         .initializer = pool->options.initializer,
         .initializer_arg = pool->options.initializer_arg,
         .max_tasks_per_child = pool->options.max_tasks_per_child,
+        .fd_owner = fd_owner(pool),
     };
     return config;
 }
@@ -844,17 +1067,17 @@ static struct pool_process_config process_config(const mproc_pool *pool, int ser
 /* Forks the fork server; it never returns in the child. */
 static int start_server(mproc_pool *pool)
 {
-    int pair[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0)
-        return -errno;
+    int pair[2] = {-1, -1};
+    int rc = make_pair(&pair[0], &pair[1], fd_owner(pool));
+    if (rc < 0)
+        return rc;
     struct pool_process_config config = process_config(pool, pair[1]);
     (void)fflush(stdout);
     (void)fflush(stderr);
-    pid_t pid = fork();
-    if (pid == 0) {
-        int parent_only[1] = {pair[0]};
-        mproc__pool_server_main(&config, parent_only, 1);
-    }
+    /* The child keeps this pool's descriptors only: never another pool's, nor our ends. */
+    pid_t pid = mproc__fork_keeping(fd_owner(pool));
+    if (pid == 0)
+        mproc__pool_server_main(&config);
     int err = errno;
     mproc__close(pair[1]);
     if (pid < 0) {
@@ -994,10 +1217,12 @@ static void release_comm(void *comm)
 static int start_proxy(mproc_pool *pool, void *comm)
 {
 #ifdef MPROC_HAVE_MPI
-    int pair[2];
-    if (socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+    int pair[2] = {-1, -1};
+    /* Both ends stay in this process (the proxy is a thread): no child keeps either. */
+    int made = make_pair(&pair[0], &pair[1], MPROC__FD_PRIVATE);
+    if (made < 0) {
         mproc__mpi_release(comm);
-        return -errno;
+        return made;
     }
     struct pool_process_config config = process_config(pool, pair[1]);
     int rc = mproc__mpi_proxy_start(&pool->mpi, comm, &config, pool->options.task_timeout_ms);
@@ -1075,10 +1300,6 @@ int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
         return rc;
     }
     rc = make_channels(pool);
-    if (rc == 0) {
-        pool->event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
-        rc = pool->event_fd < 0 ? -errno : 0;
-    }
     /* The fork server must be forked before the result thread exists. */
     if (rc == 0)
         rc = comm ? start_proxy(pool, comm) : start_server(pool);
@@ -1099,7 +1320,7 @@ int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
         mproc__close(pool->server_sock);
         pool->server_sock = -1;
         if (pool->server_pid > 0)
-            waitpid(pool->server_pid, NULL, 0);
+            reap_server(pool->server_pid);
         stop_proxy(pool);
         release_pool(pool);
         return rc;
@@ -1214,15 +1435,20 @@ static int dup_fds(const int *fds, size_t nfds, int **out)
     int *copy = malloc(nfds * sizeof(int));
     if (!copy)
         return -ENOMEM;
-    for (size_t i = 0; i < nfds; i++) {
-        copy[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
-        if (copy[i] < 0) {
-            int err = errno;
-            while (i--)
-                mproc__close(copy[i]);
-            free(copy);
-            return -err;
-        }
+    /* The copies wait here for their task: no child of ours may keep the caller's pipe open. */
+    mproc__fd_lock();
+    int rc = 0;
+    size_t made = 0;
+    for (; made < nfds && rc == 0; made++) {
+        copy[made] = fcntl(fds[made], F_DUPFD_CLOEXEC, 0);
+        rc = copy[made] < 0 ? -errno : mproc__fd_record(copy[made], MPROC__FD_PRIVATE);
+    }
+    mproc__fd_unlock();
+    if (rc < 0) {
+        while (made--)
+            mproc__close(copy[made]);
+        free(copy);
+        return rc;
     }
     *out = copy;
     return 0;
@@ -1567,6 +1793,9 @@ int mproc_pool_join(mproc_pool *pool, int timeout_ms)
     int rc = check_submit(pool);
     if (rc < 0)
         return rc;
+    /* A callback: the thread that would see the workers go is this one. */
+    if (mproc__pool_is_result_thread(pool))
+        return -EDEADLK;
     if (pool->state == POOL_RUNNING)
         return -EINVAL;
     int64_t deadline = mproc__deadline(timeout_ms);
@@ -1606,6 +1835,8 @@ int mproc_pool_destroy(mproc_pool **poolp)
     mproc_pool *pool = *poolp;
     if (check_submit(pool) < 0)
         return -ECHILD;
+    if (mproc__pool_is_result_thread(pool))
+        return -EDEADLK;
     if (pool->state == POOL_RUNNING ||
         (pool->state == POOL_CLOSED && !atomic_load(&pool->all_down)))
         mproc_pool_terminate(pool);
@@ -1618,10 +1849,8 @@ int mproc_pool_destroy(mproc_pool **poolp)
     /* Closing our end tells the fork server (or the MPI proxy) to stop what is left and exit. */
     mproc__close(pool->server_sock);
     pool->server_sock = -1;
-    if (pool->server_pid > 0) {
-        while (waitpid(pool->server_pid, NULL, 0) < 0 && errno == EINTR) {
-        }
-    }
+    if (pool->server_pid > 0)
+        reap_server(pool->server_pid);
     stop_proxy(pool);
     release_pool(pool);
     *poolp = NULL;

@@ -60,7 +60,7 @@ struct pool_res_msg {
     uint32_t kind;
     int32_t worker;      /* slot */
     int32_t pid;         /* RES_WORKER_*: the worker's pid */
-    int32_t wstatus;     /* RES_WORKER_DIED: as from waitpid() */
+    int32_t wstatus;     /* RES_WORKER_DIED: as from waitpid(); -1: fork failed (status: -errno) */
     uint32_t nitems;     /* RES_CHUNK */
     uint64_t elapsed_ns; /* time the task took in the worker */
 };
@@ -108,14 +108,14 @@ struct pool_process_config {
     mproc_initializer_fn initializer;
     void *initializer_arg;
     unsigned max_tasks_per_child;
+    uintptr_t fd_owner; /* the pool's descriptors' tag (fd_registry.c) */
 };
 
 /*
- * Runs the fork server in the child just forked by mproc_pool_create(); never
- * returns. parent_fds lists descriptors only the creating process must keep.
+ * Runs the fork server in the child just forked by mproc_pool_create() (the
+ * descriptors of the creating process alone already closed); never returns.
  */
-_Noreturn void mproc__pool_server_main(const struct pool_process_config *config,
-                                       const int *parent_fds, size_t nparent_fds);
+_Noreturn void mproc__pool_server_main(const struct pool_process_config *config);
 
 /*
  * The MPI backend (mpi/pool_mpi.c, built into libmproc_mpi only). The
@@ -301,6 +301,9 @@ void mproc__result_complete(mproc_result *result);
 
 /* Drops a reference; the last one frees the result. */
 void mproc__result_unref(mproc_result *result);
+
+/* Whether the calling thread is pool's result thread (a callback of pool runs). */
+bool mproc__pool_is_result_thread(const mproc_pool *pool);
 
 /* Asks the pool to cancel result's tasks that have not started (pool.c). */
 int mproc__pool_cancel(mproc_pool *pool, mproc_result *result);

@@ -167,11 +167,12 @@ static void spawn(struct server *s, int index)
 {
     if (index < 0 || index >= s->config->workers || s->pids[index] > 0)
         return;
-    pid_t pid = fork();
+    pid_t pid = mproc__fork_keeping(s->config->fd_owner);
     if (pid == 0)
         worker_main(s->config, index, s->self);
     if (pid < 0) {
-        struct pool_res_msg msg = {.kind = RES_WORKER_DIED, .worker = index, .wstatus = -1};
+        struct pool_res_msg msg = {
+            .kind = RES_WORKER_DIED, .worker = index, .wstatus = -1, .status = -errno};
         post(s, &msg);
         return;
     }
@@ -259,18 +260,20 @@ static void handle_request(struct server *s, const struct server_request *req)
     }
 }
 
-_Noreturn void mproc__pool_server_main(const struct pool_process_config *config,
-                                       const int *parent_fds, size_t nparent_fds)
+_Noreturn void mproc__pool_server_main(const struct pool_process_config *config)
 {
-    for (size_t i = 0; i < nparent_fds; i++)
-        mproc__close(parent_fds[i]);
     /* Ctrl-C is for the creating process to handle; it tells us what to do. */
     signal(SIGINT, SIG_IGN);
     sigset_t chld;
     sigemptyset(&chld);
     sigaddset(&chld, SIGCHLD);
     pthread_sigmask(SIG_SETMASK, &chld, NULL);
+    mproc__fd_lock();
     int sfd = signalfd(-1, &chld, SFD_CLOEXEC | SFD_NONBLOCK);
+    /* Ours alone: a worker forked from here must not keep it. */
+    if (sfd >= 0 && mproc__fd_record(sfd, MPROC__FD_PRIVATE) < 0)
+        sfd = -1;
+    mproc__fd_unlock();
 
     pid_t *pids = calloc((size_t)config->workers, sizeof(pid_t));
     uint32_t *generations = calloc((size_t)config->workers, sizeof(uint32_t));

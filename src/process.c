@@ -238,9 +238,12 @@ static _Noreturn void run_child(mproc_process *proc, const sigset_t *mask, pid_t
         if (getppid() != parent)
             (void)kill(getpid(), SIGKILL);
     }
-    /* Our parent's exit pipe must not be kept open by us, its grandchild. */
-    mproc__close(globals.own_exit_pipe);
-    mproc__close(exit_pipe[0]);
+    /*
+     * Our parent's exit pipe must not be kept open by us, its grandchild.
+     * (Its read end, and every pidfd, went with the fork: fd_registry.c.)
+     */
+    if (globals.own_exit_pipe >= 0)
+        (void)close(globals.own_exit_pipe);
     globals.own_exit_pipe = exit_pipe[1];
     /* The parent's children are not ours: forget them (their descriptors are inherited). */
     globals.registry_head = NULL;
@@ -305,6 +308,21 @@ static void registry_remove(mproc_process *proc)
     pthread_mutex_unlock(&globals.registry_lock);
 }
 
+/* A pidfd for pid, recorded as ours alone (other children must not keep it); -1 and *err. */
+static int open_pidfd(pid_t pid, int *err)
+{
+    mproc__fd_lock();
+    int fd = (int)syscall(SYS_pidfd_open, pid, 0);
+    int rc = fd < 0 ? -errno : mproc__fd_record(fd, MPROC__FD_PRIVATE);
+    mproc__fd_unlock();
+    if (rc == 0)
+        return fd;
+    if (fd >= 0)
+        (void)close(fd);
+    *err = -rc;
+    return -1;
+}
+
 /*
  * Forks with every signal blocked. Called with proc->lock held on a handle
  * in STATE_CREATED, already registered; the handle is marked started before
@@ -318,10 +336,17 @@ static int fork_child(mproc_process *proc, bool pidfd)
     if (!pidfd) {
         /* A sibling forked while our write end is open would hold it: one at a time. */
         pthread_mutex_lock(&globals.fork_lock);
-        if (pipe2(pipe_fds, O_CLOEXEC) < 0) {
-            int err = errno;
+        mproc__fd_lock();
+        int rc = pipe2(pipe_fds, O_CLOEXEC) < 0 ? -errno : 0;
+        /* Our read end only: the child keeps the write end, no other child the read end. */
+        if (rc == 0)
+            rc = mproc__fd_record(pipe_fds[0], MPROC__FD_PRIVATE);
+        mproc__fd_unlock();
+        if (rc < 0) {
+            mproc__close(pipe_fds[0]);
+            mproc__close(pipe_fds[1]);
             pthread_mutex_unlock(&globals.fork_lock);
-            return -err;
+            return rc;
         }
     }
     char child_identity[IDENTITY_MAX];
@@ -344,10 +369,9 @@ static int fork_child(mproc_process *proc, bool pidfd)
         pthread_mutex_unlock(&globals.fork_lock);
     }
     if (pid > 0 && pidfd) {
-        proc->pidfd = (int)syscall(SYS_pidfd_open, pid, 0);
+        proc->pidfd = open_pidfd(pid, &fork_errno);
         if (proc->pidfd < 0) {
             /* Without a way to watch it the child cannot be managed: undo it. */
-            fork_errno = errno;
             kill(pid, SIGKILL);
             while (waitpid(pid, NULL, 0) < 0 && errno == EINTR) {
             }

@@ -353,6 +353,10 @@ void mproc__result_unref(mproc_result *result)
 /* Waits for ready: 0, -EAGAIN on timeout, -EINTR. */
 static int wait_ready(mproc_result *result, int timeout_ms)
 {
+    /* From a callback of its own pool: the thread that would complete it is this one. */
+    if (timeout_ms != 0 && !atomic_load_explicit(&result->ready, memory_order_acquire) &&
+        mproc__pool_is_result_thread(atomic_load(&result->pool)))
+        return -EDEADLK;
     int64_t deadline = mproc__deadline(timeout_ms);
     while (!atomic_load_explicit(&result->ready, memory_order_acquire)) {
         if (timeout_ms == 0)
@@ -458,6 +462,17 @@ static size_t count_ready(mproc_result *const *results, size_t count)
     return n;
 }
 
+/* Whether one of the results not ready is completed by the calling thread (a callback). */
+static bool waits_on_own_thread(mproc_result *const *results, size_t count)
+{
+    for (size_t i = 0; i < count; i++) {
+        if (!atomic_load(&results[i]->ready) &&
+            mproc__pool_is_result_thread(atomic_load(&results[i]->pool)))
+            return true;
+    }
+    return false;
+}
+
 int mproc_result_wait_many(mproc_result *const *results, size_t count, bool all,
                            size_t *ready_count, int timeout_ms)
 {
@@ -477,6 +492,8 @@ int mproc_result_wait_many(mproc_result *const *results, size_t count, bool all,
             return 0;
         if (timeout_ms == 0)
             return -EAGAIN;
+        if (waits_on_own_thread(results, count))
+            return -EDEADLK;
         int rc = mproc__futex_wait(&completions, ticket, deadline);
         if (rc == -EINTR)
             return rc;

@@ -44,16 +44,6 @@ int mproc__wait_readable(int fd, int timeout_ms)
     return n > 0 ? 1 : 0;
 }
 
-void mproc__close(int fd)
-{
-    if (fd < 0)
-        return;
-    int saved = errno;
-    /* Linux frees the descriptor even when close() fails: never retry it. */
-    (void)close(fd);
-    errno = saved;
-}
-
 static atomic_uint fork_generation;
 static pthread_once_t fork_hook_once = PTHREAD_ONCE_INIT;
 

@@ -4,6 +4,7 @@
 
 #include <criterion/criterion.h>
 #include <dirent.h>
+#include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -147,4 +148,45 @@ void test_join_expect(mproc_process *proc, int expected)
 {
     int code = test_join_code(proc);
     cr_assert_eq(code, expected, "exit code %d, expected %d", code, expected);
+}
+
+/* The pids whose parent is pid, from /proc (at most max of them). */
+size_t test_children_of(pid_t pid, pid_t *out, size_t max)
+{
+    size_t n = 0;
+    DIR *d = opendir("/proc");
+    if (!d)
+        return 0;
+    for (struct dirent *de = readdir(d); de; de = readdir(d)) {
+        long p = strtol(de->d_name, NULL, 10);
+        if (p <= 0)
+            continue;
+        char path[64], buf[512];
+        snprintf(path, sizeof path, "/proc/%ld/stat", p);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0)
+            continue;
+        ssize_t len = read(fd, buf, sizeof buf - 1);
+        close(fd);
+        if (len <= 0)
+            continue;
+        buf[len] = '\0';
+        const char *paren = strrchr(buf, ')');
+        char state;
+        long ppid;
+        if (paren && sscanf(paren + 1, " %c %ld", &state, &ppid) == 2 && ppid == pid && n < max)
+            out[n++] = (pid_t)p;
+    }
+    closedir(d);
+    return n;
+}
+
+/* mpcp's descendants: its fork server and that one's workers. */
+size_t test_family_of(pid_t pid, pid_t *out, size_t max)
+{
+    size_t n = test_children_of(pid, out, max);
+    size_t direct = n;
+    for (size_t i = 0; i < direct; i++)
+        n += test_children_of(out[i], out + n, max - n);
+    return n;
 }

@@ -29,6 +29,12 @@ int test_count_zombie_children(void);
 /* Number of children of the calling process, running or not, from /proc. */
 int test_count_children(void);
 
+/* Up to max pids of pid's children (from /proc); returns how many. */
+size_t test_children_of(pid_t pid, pid_t *out, size_t max);
+
+/* pid's children and grandchildren, up to max; returns how many. */
+size_t test_family_of(pid_t pid, pid_t *out, size_t max);
+
 /* Process state letter from /proc/<pid>/stat ('R', 'S', 'Z', ...), or 0 if gone. */
 char test_process_state(pid_t pid);
 

@@ -447,6 +447,48 @@ Test(mpcp_parallel, killed_worker_is_retried_and_rerun_cleans, .init = setup_wor
     close(o);
 }
 
+/*
+ * The pool's fork server killed mid-copy: its workers die with it, the pool
+ * breaks, and mpcp says so, naming the fork server and the signal, copies
+ * what was lost in its own process, and exits 1.
+ */
+Test(mpcp_parallel, killed_fork_server_is_said_and_the_rest_copied_here, .init = setup_work,
+     .fini = teardown_work, .timeout = 60)
+{
+    int w;
+    pid_t pid = start_slow_copy(&w, "2", false);
+    int o = openat(wfd, "o", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    pid_t worker = writing_worker(o);
+    pid_t server = 0;
+    cr_assert_eq(test_children_of(pid, &server, 1), 1, "mpcp has no fork server");
+    must(kill(server, SIGKILL), "kill", "fork server");
+    cr_assert(gone_within(worker, 5000), "the worker outlived its fork server");
+    /* The copy starts again here, reopening the fifo; until then a write has no reader. */
+    signal(SIGPIPE, SIG_IGN);
+    static char chunk[4096];
+    ssize_t put = -1;
+    for (int i = 0; i < 1000 && put < 0; i++) {
+        put = write(w, chunk, sizeof chunk);
+        if (put < 0)
+            usleep(10000);
+    }
+    cr_assert_eq(put, (ssize_t)sizeof chunk, "the lost copy was never run again");
+    close(w);
+    int st = wait_status(pid, 20000, "its fork server's death");
+    const char *log = read_log();
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 1, "status 0x%x: %s", st, log);
+    char said[160];
+    snprintf(said, sizeof said,
+             "mpcp: the worker pool broke (fork server %d died: killed by signal 9", (int)server);
+    cr_assert(strstr(log, said) != NULL, "expected '%s' in: %s", said, log);
+    struct stat fst;
+    cr_assert_eq(fstatat(o, "slow", &fst, AT_SYMLINK_NOFOLLOW), 0, "o/slow missing: %s", log);
+    cr_assert(S_ISREG(fst.st_mode));
+    cr_assert_eq(fstatat(o, "a", &fst, 0), 0, "o/a missing: %s", log);
+    cr_assert_eq(count_temporaries(o), 0, "a temporary was left");
+    close(o);
+}
+
 Test(mpcp_parallel, sigint_stops_workers_and_fork_server, .init = setup_work, .fini = teardown_work,
      .timeout = 60)
 {
@@ -455,11 +497,11 @@ Test(mpcp_parallel, sigint_stops_workers_and_fork_server, .init = setup_work, .f
     int o = openat(wfd, "o", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     writing_worker(o);
     pid_t family[64];
-    size_t n = family_of(pid, family, 64);
+    size_t n = test_family_of(pid, family, 64);
     /* The fork server starts its workers on its own time: wait for all of them. */
     for (int i = 0; i < 500 && n < 5; i++) {
         usleep(10000);
-        n = family_of(pid, family, 64);
+        n = test_family_of(pid, family, 64);
     }
     cr_assert_geq(n, 5, "expected a fork server and 4 workers, found %zu processes", n);
     struct timespec t0, t1;
@@ -582,7 +624,7 @@ static pid_t range_writer(pid_t mpcp)
     char tmp[32];
     snprintf(tmp, sizeof tmp, "/.mpcp-%d-", (int)mpcp);
     pid_t family[64];
-    size_t n = family_of(mpcp, family, 64);
+    size_t n = test_family_of(mpcp, family, 64);
     for (size_t i = 0; i < n; i++) {
         char dir[64];
         snprintf(dir, sizeof dir, "/proc/%d/fd", (int)family[i]);

@@ -326,7 +326,7 @@ static size_t peak_family(const char *env, int *status, struct rusage *ru)
     size_t peak = 0;
     pid_t fam[4096];
     for (;;) {
-        size_t n = family_of(pid, fam, sizeof fam / sizeof fam[0]);
+        size_t n = test_family_of(pid, fam, sizeof fam / sizeof fam[0]);
         if (n > peak)
             peak = n;
         pid_t got = wait4(pid, status, WNOHANG, ru);

@@ -158,6 +158,22 @@ void mpcp_temp_name(char *buf, size_t size, const char *name)
     snprintf(buf, size, "%s%.*s", head, (int)room, name);
 }
 
+static bool process_is_zombie(pid_t pid)
+{
+    char path[64], buf[256];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return false;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return false;
+    buf[n] = '\0';
+    const char *paren = strrchr(buf, ')');
+    return paren && paren[1] == ' ' && (paren[2] == 'Z' || paren[2] == 'X');
+}
+
 bool mpcp_is_stale_temp(const char *name)
 {
     if (strncmp(name, ".mpcp-", 6) != 0)
@@ -171,7 +187,10 @@ bool mpcp_is_stale_temp(const char *name)
         return false;
     if (pid == (long)cached_pid())
         return false;
-    return kill((pid_t)pid, 0) < 0 && errno == ESRCH;
+    if (kill((pid_t)pid, 0) < 0)
+        return errno == ESRCH;
+    /* A worker orphaned by a dead fork server may wait as a zombie for a reaper. */
+    return process_is_zombie((pid_t)pid);
 }
 
 /* Opens path below root_fd one component at a time. */

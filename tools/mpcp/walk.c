@@ -152,6 +152,7 @@ struct planner {
     bool ops_open;   /* the batch holds file operands (join_operands) */
     /* Listings of the folders the walk comes to next, made by the workers (MPCP_WALK). */
     bool walk_workers;
+    bool pool_broke_said; /* the pool broke by itself: said once, the rest runs here */
 };
 
 /* A worker's answer to one listing request, shared by the folders it lists. */
@@ -660,6 +661,47 @@ static uint64_t work_done(const struct mpcp_stats *st)
     return entries * WORK_PER_ENTRY + st->bytes / WORK_BYTES;
 }
 
+/*
+ * Whether a task failed because the pool broke by itself (its fork server
+ * died): mpcp terminates its pool only after a stop or Ctrl-C. Says so
+ * once, naming the cause; the rest of the run is copied in this process.
+ */
+static bool pool_broke(struct planner *p, mproc_result *r, int rc)
+{
+    if (rc != MPROC_EBROKEN || mpcp_interrupted || p->stop)
+        return false;
+    if (!p->pool_broke_said) {
+        const char *why = mproc_result_error(r);
+        char line[512];
+        mpcp_format(line, sizeof line,
+                    "the worker pool broke (%s): copying the rest in this process", why, NULL);
+        mpcp_progress_clear(p->prog);
+        mpcp_error(0, line);
+        p->pool_broke_said = true;
+    }
+    p->status = 1; /* the run did not go as planned, though nothing is lost */
+    return true;
+}
+
+/* A task the broken pool lost is run here instead: nothing is left uncopied. */
+static void rerun_here(struct planner *p, struct flight *f)
+{
+    if (f->chunk) {
+        struct chunked *c = f->chunk;
+        int rc = mpcp_exec_run(f->task.data, f->task.len, c->sfd, c->dfd, &p->result);
+        range_done(p, c, rc ? NULL : p->result.data, p->result.len, NULL, rc);
+        return;
+    }
+    remove_stale(f->dfd); /* the dead worker's temporary */
+    int rc = mpcp_exec_run(f->task.data, f->task.len, -1, -1, &p->result);
+    /* Once more: the worker, killed with its fork server, may not have been gone yet. */
+    remove_stale(f->dfd);
+    if (rc)
+        say(p, -rc, "internal error running a task", NULL, NULL);
+    else
+        report_result(p, &f->task, p->result.data, p->result.len);
+}
+
 /* Handles the i-th task in flight, which has completed, and forgets it. */
 static void complete(struct planner *p, size_t i)
 {
@@ -673,7 +715,9 @@ static void complete(struct planner *p, size_t i)
     int rc = mproc_result_get(r, &data, &len, 0);
     bool was_stopped = p->stop;
     uint64_t work0 = work_done(&p->st);
-    if (f.chunk)
+    if (rc != 0 && pool_broke(p, r, rc))
+        rerun_here(p, &f);
+    else if (f.chunk)
         range_done(p, f.chunk, rc == 0 ? data : NULL, len, r, rc);
     else if (rc == 0)
         report_result(p, &f.task, data, len);

@@ -1,0 +1,673 @@
+/*
+ * Pool under faults: several pools alive at once and destroyed in any order,
+ * the fork server killed, pools made inside a task and in a forked child,
+ * callbacks that submit or try to join, SIGINT to the process group during
+ * a map, low RLIMIT_NOFILE and RLIMIT_NPROC. After each case: every result
+ * completed exactly once with the right code, and nothing left behind (no
+ * process, zombie, descriptor or /dev/shm entry).
+ *
+ * The randomized case prints its seed; MPROC_TEST_SEED=<n> replays the
+ * choices (the timing of kills still depends on the scheduler), and
+ * MPROC_TEST_ROUNDS=<n> runs more rounds.
+ */
+#define _GNU_SOURCE
+#include "helpers.h"
+
+#include <mproc.h>
+
+#include <criterion/criterion.h>
+#include <errno.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define DEFAULT_ROUNDS 12
+#define MAX_PIDS       64
+
+/* ---- tasks ---- */
+
+/* Sleeps the microseconds it is given, then returns them plus one. */
+static int nap(mproc_task_ctx *ctx, const void *arg, size_t len)
+{
+    uint32_t us = 0;
+    if (len != sizeof(us))
+        return mproc_task_fail(ctx, "bad argument of %zu bytes", len);
+    memcpy(&us, arg, sizeof(us));
+    if (us)
+        usleep(us);
+    uint32_t out = us + 1;
+    return mproc_task_return(ctx, &out, sizeof(out));
+}
+
+/* Makes a pool of one worker inside the task, runs nap on it, destroys it. */
+static int nested(mproc_task_ctx *ctx, const void *arg, size_t len)
+{
+    mproc_pool_options options = {.workers = 1};
+    mproc_pool *inner = NULL;
+    int rc = mproc_pool_create(&inner, &options);
+    if (rc < 0)
+        return mproc_task_fail(ctx, "inner create: %s", mproc_strerror(rc));
+    void *out = NULL;
+    size_t out_len = 0;
+    rc = mproc_pool_apply(inner, nap, arg, len, &out, &out_len);
+    int destroyed = mproc_pool_destroy(&inner);
+    if (rc < 0 || destroyed < 0) {
+        free(out);
+        return mproc_task_fail(ctx, "inner apply %d destroy %d", rc, destroyed);
+    }
+    rc = mproc_task_return(ctx, out, out_len);
+    free(out);
+    return rc;
+}
+
+static uint64_t mix(uint64_t *state)
+{
+    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static uint64_t env_number(const char *name, uint64_t fallback)
+{
+    const char *v = getenv(name);
+    return v && *v ? strtoull(v, NULL, 10) : fallback;
+}
+
+/* The processes a pool made since `before` was listed: fork server first, then its workers. */
+static size_t new_children(const pid_t *before, size_t nbefore, pid_t *out, size_t max)
+{
+    pid_t now[MAX_PIDS];
+    size_t n = test_children_of(getpid(), now, MAX_PIDS), found = 0;
+    for (size_t i = 0; i < n && found < max; i++) {
+        bool old = false;
+        for (size_t j = 0; j < nbefore; j++)
+            old = old || before[j] == now[i];
+        if (!old)
+            out[found++] = now[i];
+    }
+    return found;
+}
+
+/* Waits (bounded) until the pool's workers are up, so that kills hit something. */
+static void wait_workers_up(pid_t server, int workers)
+{
+    pid_t kids[MAX_PIDS];
+    int64_t deadline = test_now_ms() + 10000;
+    while ((int)test_children_of(server, kids, MAX_PIDS) < workers && test_now_ms() < deadline)
+        usleep(1000);
+}
+
+static void expect_nothing_left(int fds, int shm)
+{
+    int64_t deadline = test_now_ms() + 5000;
+    while (test_count_children() > 0 && test_now_ms() < deadline)
+        usleep(2000);
+    cr_expect_eq(test_count_children(), 0, "processes left behind");
+    cr_expect_eq(test_count_zombie_children(), 0, "zombies left behind");
+    cr_expect_eq(test_count_fds(), fds, "descriptors: %d, expected %d", test_count_fds(), fds);
+    cr_expect_eq(test_count_dev_shm(), shm, "/dev/shm entries left behind");
+}
+
+/* ---- the three failures found by users ---- */
+
+Test(pool_faults, destroying_one_of_three_busy_pools_returns, .timeout = 60)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    mproc_pool *pools[3];
+    mproc_pool_options options = {.workers = 2};
+    for (int i = 0; i < 3; i++)
+        cr_assert_eq(mproc_pool_create(&pools[i], &options), 0);
+    uint32_t us = 20000;
+    for (int i = 0; i < 3; i++) {
+        for (int t = 0; t < 100; t++)
+            cr_assert_eq(
+                mproc_pool_apply_async(pools[i], nap, &us, sizeof(us), NULL, NULL, NULL, NULL), 0);
+    }
+    int64_t start = test_now_ms();
+    cr_assert_eq(mproc_pool_destroy(&pools[1]), 0);
+    int64_t took = test_now_ms() - start;
+    cr_expect_lt(took, 5000, "destroy of the middle pool took %lld ms", (long long)took);
+    cr_assert_eq(mproc_pool_destroy(&pools[2]), 0);
+    cr_assert_eq(mproc_pool_destroy(&pools[0]), 0);
+    expect_nothing_left(fds, shm);
+}
+
+Test(pool_faults, killed_fork_server_fails_every_result_naming_it, .timeout = 60)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    pid_t before[MAX_PIDS];
+    size_t nbefore = test_children_of(getpid(), before, MAX_PIDS);
+    mproc_pool *pool = NULL;
+    mproc_pool_options options = {.workers = 2};
+    cr_assert_eq(mproc_pool_create(&pool, &options), 0);
+    pid_t server;
+    cr_assert_eq(new_children(before, nbefore, &server, 1), 1, "no fork server found");
+    wait_workers_up(server, 2);
+    pid_t workers[MAX_PIDS];
+    size_t nworkers = test_children_of(server, workers, MAX_PIDS);
+
+    enum { TASKS = 40 };
+    mproc_result *results[TASKS];
+    uint32_t us = 50000;
+    for (int i = 0; i < TASKS; i++)
+        cr_assert_eq(
+            mproc_pool_apply_async(pool, nap, &us, sizeof(us), NULL, NULL, NULL, &results[i]), 0);
+    usleep(120000);
+    cr_assert_eq(kill(server, SIGKILL), 0);
+
+    char expected[96];
+    snprintf(expected, sizeof expected, "fork server %d died: killed by signal 9", (int)server);
+    int ok = 0, broken = 0;
+    for (int i = 0; i < TASKS; i++) {
+        int rc = mproc_result_get(results[i], NULL, NULL, 10000);
+        cr_assert_neq(rc, -EAGAIN, "result %d never completed", i);
+        if (rc == 0) {
+            ok++;
+        } else {
+            broken++;
+            cr_expect_eq(rc, MPROC_EBROKEN, "result %d: %s", i, mproc_strerror(rc));
+            const char *why = mproc_result_error(results[i]);
+            cr_expect(why && strstr(why, expected), "message '%s', expected '%s'",
+                      why ? why : "(none)", expected);
+        }
+        mproc_result_destroy(&results[i]);
+    }
+    cr_expect_gt(ok, 0, "tasks done before the kill must keep their results");
+    cr_expect_gt(broken, 0);
+    cr_expect_eq(mproc_pool_apply_async(pool, nap, &us, sizeof(us), NULL, NULL, NULL, NULL),
+                 MPROC_EBROKEN);
+    void *out = NULL;
+    size_t out_len = 0;
+    cr_expect_eq(mproc_pool_apply(pool, nap, &us, sizeof(us), &out, &out_len), MPROC_EBROKEN);
+    cr_expect_eq(mproc_pool_close(pool), 0);
+    cr_expect_eq(mproc_pool_join(pool, 5000), 0);
+    for (size_t i = 0; i < nworkers; i++)
+        cr_expect(test_wait_pid_dead(workers[i], 5000), "worker %d outlived its server",
+                  (int)workers[i]);
+    int64_t start = test_now_ms();
+    cr_assert_eq(mproc_pool_destroy(&pool), 0);
+    cr_expect_lt(test_now_ms() - start, 5000);
+    expect_nothing_left(fds, shm);
+}
+
+/* ---- callbacks ---- */
+
+struct callback_probe {
+    mproc_pool *pool;
+    _Atomic int join_rc;
+    _Atomic int destroy_rc;
+    _Atomic int get_rc;
+    _Atomic int wait_many_rc;
+    _Atomic int submitted;
+    _Atomic int called;
+    mproc_result *pending;
+};
+
+static void from_callback(mproc_result *result, void *arg)
+{
+    struct callback_probe *probe = arg;
+    mproc_pool *pool = probe->pool;
+    /* The first callback runs while pending still waits behind it; the chain's run later. */
+    if (probe->called == 0) {
+        probe->join_rc = mproc_pool_join(pool, 1000);
+        probe->destroy_rc = mproc_pool_destroy(&pool);
+        probe->get_rc = mproc_result_get(probe->pending, NULL, NULL, 1000);
+        size_t ready = 0;
+        probe->wait_many_rc = mproc_result_wait_many(&probe->pending, 1, true, &ready, 1000);
+    }
+    /* Submitting from a callback is allowed: a chain of three more. */
+    if (atomic_fetch_add(&probe->submitted, 1) < 3) {
+        uint32_t us = 0;
+        (void)mproc_pool_apply_async(probe->pool, nap, &us, sizeof(us), from_callback, NULL, probe,
+                                     NULL);
+    }
+    probe->called++;
+}
+
+Test(pool_faults, join_destroy_and_waits_from_a_callback_are_refused, .timeout = 60)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    struct callback_probe probe = {0};
+    mproc_pool_options options = {.workers = 1};
+    cr_assert_eq(mproc_pool_create(&probe.pool, &options), 0);
+    /* Queued behind the callback's task on the only worker: not ready when the callback runs. */
+    uint32_t slow = 300000, quick = 0;
+    cr_assert_eq(mproc_pool_apply_async(probe.pool, nap, &quick, sizeof(quick), from_callback, NULL,
+                                        &probe, NULL),
+                 0);
+    cr_assert_eq(mproc_pool_apply_async(probe.pool, nap, &slow, sizeof(slow), NULL, NULL, NULL,
+                                        &probe.pending),
+                 0);
+    int64_t deadline = test_now_ms() + 20000;
+    while (probe.called < 4 && test_now_ms() < deadline)
+        usleep(1000);
+    cr_expect_eq(probe.called, 4, "callbacks that submit must keep the chain going");
+    cr_expect_eq(probe.join_rc, -EDEADLK);
+    cr_expect_eq(probe.destroy_rc, -EDEADLK);
+    cr_expect_eq(probe.get_rc, -EDEADLK);
+    cr_expect_eq(probe.wait_many_rc, -EDEADLK);
+    cr_expect_eq(mproc_result_get(probe.pending, NULL, NULL, 10000), 0);
+    mproc_result_destroy(&probe.pending);
+    cr_assert_eq(mproc_pool_destroy(&probe.pool), 0);
+    expect_nothing_left(fds, shm);
+}
+
+/* ---- where pools are made ---- */
+
+static int pool_in_child(void *arg)
+{
+    mproc_pool *pool = NULL;
+    mproc_pool_options options = {.workers = 2};
+    if (mproc_pool_create(&pool, &options) < 0)
+        return 2;
+    int bad = 0;
+    for (uint32_t i = 0; i < 20; i++) {
+        void *out = NULL;
+        size_t len = 0;
+        uint32_t us = i;
+        int rc = mproc_pool_apply(pool, nested, &us, sizeof(us), &out, &len);
+        bad += rc != 0 || len != sizeof(uint32_t) || *(uint32_t *)out != i + 1;
+        free(out);
+    }
+    return mproc_pool_destroy(&pool) == 0 && bad == 0 ? 0 : 3;
+}
+
+Test(pool_faults, pool_in_a_forked_child_with_nested_pools_in_its_tasks, .timeout = 120)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    /* A pool of our own alive meanwhile: the child must not keep it, nor it the child's. */
+    mproc_pool *outer = NULL;
+    cr_assert_eq(mproc_pool_create(&outer, NULL), 0);
+    mproc_process *child = test_start(pool_in_child, NULL);
+    test_join_expect(child, 0);
+    cr_assert_eq(mproc_pool_destroy(&outer), 0);
+    expect_nothing_left(fds, shm);
+}
+
+/* ---- SIGINT to the process group during a map ---- */
+
+static volatile sig_atomic_t interrupted;
+
+static void on_sigint(int signo)
+{
+    (void)signo;
+    interrupted = 1;
+}
+
+/* The group leader: two pools, a long map; SIGINT comes to the whole group. */
+static int map_until_sigint(void *arg)
+{
+    bool handle = *(const bool *)arg;
+    if (setpgid(0, 0) < 0)
+        return 2;
+    if (handle) {
+        struct sigaction sa = {.sa_handler = on_sigint};
+        sigaction(SIGINT, &sa, NULL); /* no SA_RESTART: the wait returns -EINTR */
+    }
+    mproc_pool *a = NULL, *b = NULL;
+    if (mproc_pool_create(&a, NULL) < 0 || mproc_pool_create(&b, NULL) < 0)
+        return 3;
+    enum { ITEMS = 400 };
+    static uint32_t us[ITEMS];
+    static struct iovec items[ITEMS];
+    for (int i = 0; i < ITEMS; i++) {
+        us[i] = 20000;
+        items[i] = (struct iovec){.iov_base = &us[i], .iov_len = sizeof(us[i])};
+    }
+    mproc_result *other = NULL;
+    (void)mproc_pool_map_async(b, nap, items, ITEMS, 1, &other);
+    mproc_result *result = NULL;
+    int rc = mproc_pool_map(a, nap, items, ITEMS, 1, &result);
+    /* Only a handled SIGINT comes back here. */
+    int code = rc == -EINTR && interrupted ? 0 : 4;
+    mproc_result_destroy(&result);
+    mproc_result_destroy(&other);
+    if (mproc_pool_destroy(&a) < 0 || mproc_pool_destroy(&b) < 0)
+        code = 5;
+    return code;
+}
+
+static void sigint_group_case(bool handle, int expected_code)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    mproc_process *child = test_start(map_until_sigint, &handle);
+    pid_t pid = mproc_process_pid(child);
+    /* Wait for its pools: a fork server with its workers under each. */
+    int64_t deadline = test_now_ms() + 10000;
+    pid_t kids[MAX_PIDS];
+    while (test_family_of(pid, kids, MAX_PIDS) < 4 && test_now_ms() < deadline)
+        usleep(2000);
+    usleep(100000);
+    cr_assert_eq(getpgid(pid), pid, "the child leads its own group");
+    cr_assert_eq(kill(-pid, SIGINT), 0);
+    int64_t start = test_now_ms();
+    int code = test_join_code(child);
+    cr_expect_eq(code, expected_code, "exit code %d", code);
+    cr_expect_lt(test_now_ms() - start, 10000);
+    deadline = test_now_ms() + 5000;
+    while (kill(-pid, 0) == 0 && test_now_ms() < deadline)
+        usleep(5000);
+    cr_expect_eq(kill(-pid, 0), -1, "processes of the group outlived it");
+    expect_nothing_left(fds, shm);
+}
+
+Test(pool_faults, sigint_to_the_group_during_map_is_handled, .timeout = 60)
+{
+    sigint_group_case(true, 0);
+}
+
+Test(pool_faults, sigint_to_the_group_during_map_kills_cleanly, .timeout = 60)
+{
+    sigint_group_case(false, -SIGINT);
+}
+
+/* ---- low limits ---- */
+
+static int pools_until_emfile(void *arg)
+{
+    struct rlimit lim = {64, 64};
+    if (setrlimit(RLIMIT_NOFILE, &lim) < 0)
+        return 2;
+    int fds = test_count_fds();
+    mproc_pool *pools[64];
+    int n = 0, rc = 0;
+    mproc_pool_options options = {.workers = 2};
+    while (n < 64 && (rc = mproc_pool_create(&pools[n], &options)) == 0)
+        n++;
+    if (rc != -EMFILE || n == 0)
+        return 3;
+    /* The pools that did start work. */
+    for (int i = 0; i < n; i++) {
+        void *out = NULL;
+        size_t len = 0;
+        uint32_t us = 7;
+        int got = mproc_pool_apply(pools[i], nap, &us, sizeof(us), &out, &len);
+        free(out);
+        if (got != 0)
+            return 4;
+    }
+    for (int i = 0; i < n; i++)
+        mproc_pool_destroy(&pools[i]);
+    return test_count_fds() == fds ? 0 : 5;
+}
+
+Test(pool_faults, rlimit_nofile_64_gives_emfile_and_leaks_nothing, .timeout = 60)
+{
+    mproc_process *child = test_start(pools_until_emfile, NULL);
+    test_join_expect(child, 0);
+}
+
+/*
+ * RLIMIT_NPROC counts the processes (and threads) of a real user, and root
+ * ignores it: as root, the child becomes a user of its own first, so that
+ * the count is of this case's processes only.
+ */
+#define NPROC_UID 54321
+
+static int become_counted_user(void)
+{
+    if (geteuid() != 0)
+        return 0;
+    return setgid(NPROC_UID) == 0 && setuid(NPROC_UID) == 0 ? 0 : -1;
+}
+
+static int set_nproc(pid_t pid, rlim_t n)
+{
+    struct rlimit lim = {n, n};
+    return prlimit(pid, RLIMIT_NPROC, &lim, NULL);
+}
+
+/* No room for the fork server: create says -EAGAIN and leaves nothing. */
+static int nproc_at_create(void *arg)
+{
+    if (become_counted_user() < 0 || set_nproc(0, 1) < 0)
+        return 2;
+    int fds = test_count_fds();
+    mproc_pool *pool = NULL;
+    int rc = mproc_pool_create(&pool, NULL);
+    if (rc != -EAGAIN || pool)
+        return 3;
+    return test_count_fds() == fds && test_count_children() == 0 ? 0 : 4;
+}
+
+Test(pool_faults, rlimit_nproc_at_create_gives_eagain, .timeout = 60)
+{
+    mproc_process *child = test_start(nproc_at_create, NULL);
+    test_join_expect(child, 0);
+}
+
+/* Runs ten naps; returns how many did not end with expected. */
+static int naps_not(mproc_pool *pool, int expected, char *why, size_t why_cap)
+{
+    int bad = 0;
+    for (uint32_t i = 0; i < 10; i++) {
+        mproc_result *r = NULL;
+        int rc = mproc_pool_apply_async(pool, nap, &i, sizeof(i), NULL, NULL, NULL, &r);
+        if (rc == 0)
+            rc = mproc_result_get(r, NULL, NULL, 20000);
+        if (r && mproc_result_error(r) && why[0] == '\0')
+            snprintf(why, why_cap, "%s", mproc_result_error(r));
+        mproc_result_destroy(&r);
+        bad += rc != expected && !(expected == MPROC_EBROKEN && rc == MPROC_EBROKEN);
+    }
+    return bad;
+}
+
+/*
+ * Workers killed while the fork server may not fork another: with one
+ * worker left the pool goes on with it; with none, every task fails with
+ * MPROC_EBROKEN saying that fork failed, and nothing hangs.
+ */
+static int nproc_at_replacement(void *arg)
+{
+    bool none_left = *(const bool *)arg;
+    if (become_counted_user() < 0)
+        return 2;
+    pid_t before[MAX_PIDS];
+    size_t nbefore = test_children_of(getpid(), before, MAX_PIDS);
+    mproc_pool *pool = NULL;
+    mproc_pool_options options = {.workers = 2};
+    if (mproc_pool_create(&pool, &options) < 0)
+        return 3;
+    pid_t server = 0, workers[MAX_PIDS];
+    if (new_children(before, nbefore, &server, 1) != 1)
+        return 4;
+    wait_workers_up(server, 2);
+    if (test_children_of(server, workers, MAX_PIDS) != 2 || set_nproc(server, 1) < 0)
+        return 5;
+    (void)kill(workers[0], SIGKILL);
+    if (none_left)
+        (void)kill(workers[1], SIGKILL);
+    char why[256] = "";
+    int bad = naps_not(pool, none_left ? MPROC_EBROKEN : 0, why, sizeof why);
+    if (none_left && !strstr(why, "no worker can be started: fork: "))
+        bad += 100;
+    int64_t start = test_now_ms();
+    mproc_pool_destroy(&pool);
+    if (test_now_ms() - start > 5000)
+        bad += 1000;
+    if (bad)
+        fprintf(stderr, "nproc_at_replacement: bad %d, message '%s'\n", bad, why);
+    return bad ? 10 : 0;
+}
+
+Test(pool_faults, rlimit_nproc_at_replacement_goes_on_with_the_worker_left, .timeout = 60)
+{
+    bool none_left = false;
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    mproc_process *child = test_start(nproc_at_replacement, &none_left);
+    test_join_expect(child, 0);
+    expect_nothing_left(fds, shm);
+}
+
+Test(pool_faults, rlimit_nproc_with_no_worker_left_breaks_the_pool_saying_why, .timeout = 60)
+{
+    bool none_left = true;
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    mproc_process *child = test_start(nproc_at_replacement, &none_left);
+    test_join_expect(child, 0);
+    expect_nothing_left(fds, shm);
+}
+
+/* ---- randomized: pools alive together, kills, destroys in any order ---- */
+
+#define MAX_POOLS 3
+#define MAX_TASKS 60
+
+struct tracked_pool {
+    mproc_pool *pool;
+    pid_t server;
+    bool server_killed;
+    bool destroyed;
+    int workers;
+    bool retry;
+    int ntasks;
+    mproc_result *results[MAX_TASKS];
+    uint32_t args[MAX_TASKS];
+    mproc_task_fn fns[MAX_TASKS];
+    _Atomic int callbacks[MAX_TASKS];
+};
+
+struct callback_ref {
+    struct tracked_pool *tp;
+    int index;
+};
+
+static struct callback_ref refs[MAX_POOLS][MAX_TASKS];
+
+static void count_callback(mproc_result *result, void *arg)
+{
+    struct callback_ref *ref = arg;
+    atomic_fetch_add(&ref->tp->callbacks[ref->index], 1);
+}
+
+/* Kills a random process of a random live pool: a worker, or (rarely) its fork server. */
+static void kill_something(struct tracked_pool *tps, int npools, uint64_t *rng)
+{
+    int i = (int)(mix(rng) % (uint64_t)npools);
+    struct tracked_pool *tp = &tps[i];
+    if (tp->destroyed || tp->server_killed)
+        return;
+    if (mix(rng) % 6 == 0) {
+        tp->server_killed = kill(tp->server, SIGKILL) == 0;
+        return;
+    }
+    pid_t workers[MAX_PIDS];
+    size_t n = test_children_of(tp->server, workers, MAX_PIDS);
+    if (n)
+        (void)kill(workers[mix(rng) % n], SIGKILL);
+}
+
+/* Each result once, with a code its pool's history explains. */
+static void check_results(struct tracked_pool *tp, int p, unsigned round)
+{
+    for (int t = 0; t < tp->ntasks; t++) {
+        int rc = mproc_result_get(tp->results[t], NULL, NULL, 10000);
+        cr_assert_neq(rc, -EAGAIN, "round %u pool %d task %d never completed", round, p, t);
+        const void *data = NULL;
+        size_t len = 0;
+        rc = mproc_result_get(tp->results[t], &data, &len, 0);
+        const char *why = mproc_result_error(tp->results[t]);
+        if (rc == 0) {
+            cr_expect_eq(len, sizeof(uint32_t));
+            uint32_t got;
+            memcpy(&got, data, sizeof(got));
+            cr_expect_eq(got, tp->args[t] + 1, "round %u pool %d task %d: wrong result", round, p,
+                         t);
+        } else if (rc == MPROC_EWORKERDIED) {
+            cr_expect(why && strstr(why, "worker "), "round %u: '%s'", round, why ? why : "");
+        } else if (rc == MPROC_EBROKEN) {
+            bool said = why && (strstr(why, "fork server") || strstr(why, "terminated"));
+            cr_expect(said, "round %u pool %d: broken with '%s'", round, p, why ? why : "");
+            if (why && strstr(why, "fork server"))
+                cr_expect(tp->server_killed, "round %u: the fork server died unasked", round);
+        } else {
+            cr_expect(false, "round %u pool %d task %d: %s (%s)", round, p, t, mproc_strerror(rc),
+                      why ? why : "");
+        }
+        /* The callbacks ran by the time destroy() returned: exactly once. */
+        cr_expect_eq(tp->callbacks[t], 1, "round %u pool %d task %d: %d callbacks", round, p, t,
+                     tp->callbacks[t]);
+        mproc_result_destroy(&tp->results[t]);
+    }
+}
+
+static void start_pool(struct tracked_pool *tp, int p, uint64_t *rng)
+{
+    pid_t before[MAX_PIDS];
+    size_t nbefore = test_children_of(getpid(), before, MAX_PIDS);
+    tp->workers = 1 + (int)(mix(rng) % 3);
+    tp->retry = mix(rng) % 2;
+    mproc_pool_options options = {.workers = tp->workers, .retry_on_worker_death = tp->retry};
+    cr_assert_eq(mproc_pool_create(&tp->pool, &options), 0);
+    cr_assert_eq(new_children(before, nbefore, &tp->server, 1), 1);
+    wait_workers_up(tp->server, tp->workers);
+    tp->ntasks = 20 + (int)(mix(rng) % (MAX_TASKS - 20));
+    for (int t = 0; t < tp->ntasks; t++) {
+        tp->args[t] = (uint32_t)(mix(rng) % 4000);
+        tp->fns[t] = mix(rng) % 10 == 0 ? nested : nap;
+        refs[p][t] = (struct callback_ref){tp, t};
+        cr_assert_eq(mproc_pool_apply_async(tp->pool, tp->fns[t], &tp->args[t], sizeof(tp->args[t]),
+                                            count_callback, count_callback, &refs[p][t],
+                                            &tp->results[t]),
+                     0);
+    }
+}
+
+static void one_round(unsigned round, uint64_t rng)
+{
+    static struct tracked_pool tps[MAX_POOLS];
+    int npools = 2 + (int)(mix(&rng) % 2);
+    memset(tps, 0, sizeof(tps));
+    for (int p = 0; p < npools; p++)
+        start_pool(&tps[p], p, &rng);
+    int kills = (int)(mix(&rng) % 6);
+    for (int k = 0; k < kills; k++) {
+        usleep((useconds_t)(mix(&rng) % 20000));
+        kill_something(tps, npools, &rng);
+    }
+    /* Destroyed in a random order, some while busy, some after their work. */
+    int order[MAX_POOLS] = {0, 1, 2};
+    for (int i = npools - 1; i > 0; i--) {
+        int j = (int)(mix(&rng) % (uint64_t)(i + 1));
+        int tmp = order[i];
+        order[i] = order[j];
+        order[j] = tmp;
+    }
+    for (int i = 0; i < npools; i++) {
+        struct tracked_pool *tp = &tps[order[i]];
+        if (mix(&rng) % 2) {
+            cr_expect_eq(mproc_pool_close(tp->pool), 0);
+            int rc = mproc_pool_join(tp->pool, 20000);
+            cr_expect_eq(rc, 0, "round %u: join: %s", round, mproc_strerror(rc));
+        }
+        int64_t start = test_now_ms();
+        cr_assert_eq(mproc_pool_destroy(&tp->pool), 0);
+        int64_t took = test_now_ms() - start;
+        cr_expect_lt(took, 6000, "round %u: destroy took %lld ms", round, (long long)took);
+        tp->destroyed = true;
+        check_results(tp, order[i], round);
+    }
+}
+
+Test(pool_faults, random_pools_kills_and_destroys_lose_nothing, .timeout = 600)
+{
+    uint64_t seed = env_number("MPROC_TEST_SEED", (uint64_t)time(NULL) ^ (uint64_t)getpid());
+    unsigned rounds = (unsigned)env_number("MPROC_TEST_ROUNDS", DEFAULT_ROUNDS);
+    fprintf(stderr, "pool_faults: seed %llu (replay: MPROC_TEST_SEED=%llu), %u rounds\n",
+            (unsigned long long)seed, (unsigned long long)seed, rounds);
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    for (unsigned round = 0; round < rounds; round++) {
+        uint64_t rng = seed ^ (0x9e3779b97f4a7c15ull * (round + 1));
+        one_round(round, rng);
+        expect_nothing_left(fds, shm);
+    }
+}
