@@ -28,11 +28,13 @@ static int affinity_cpus(void)
 /* Reads the first line of a small file; false when it cannot be read. */
 static bool read_line(const char *path, char *buf, size_t len)
 {
+    /* No fork may copy this descriptor into a child that would keep it (fd_registry.c). */
+    mproc__fd_lock();
     FILE *f = fopen(path, "re");
-    if (!f)
-        return false;
-    bool ok = fgets(buf, (int)len, f) != NULL;
-    fclose(f);
+    bool ok = f && fgets(buf, (int)len, f) != NULL;
+    if (f)
+        fclose(f);
+    mproc__fd_unlock();
     return ok;
 }
 
@@ -104,7 +106,7 @@ static bool has_controller(const char *list, const char *controller)
 }
 
 /* The tightest quota of the groups in /proc/self/cgroup, or 0 for none. */
-static int cgroup_cpus(void)
+static int cgroup_cpus_locked(void)
 {
     FILE *f = fopen("/proc/self/cgroup", "re");
     if (!f)
@@ -129,6 +131,14 @@ static int cgroup_cpus(void)
             limit = cpus;
     }
     fclose(f);
+    return limit;
+}
+
+static int cgroup_cpus(void)
+{
+    mproc__fd_lock(); /* as in read_line() */
+    int limit = cgroup_cpus_locked();
+    mproc__fd_unlock();
     return limit;
 }
 

@@ -25,6 +25,8 @@ static int map_fd(struct mproc__region *region, int fd, size_t size)
 
 int mproc__region_create(struct mproc__region *region, size_t size, const char *name)
 {
+    /* Released on failure by callers: a zeroed region would close descriptor 0. */
+    *region = (struct mproc__region){.fd = -1};
     if (size == 0)
         return -EINVAL;
     int fd = memfd_create(name, MFD_CLOEXEC);
@@ -43,6 +45,7 @@ int mproc__region_create(struct mproc__region *region, size_t size, const char *
 
 int mproc__region_attach(struct mproc__region *region, int fd)
 {
+    *region = (struct mproc__region){.fd = -1};
     struct stat st;
     if (fstat(fd, &st) < 0)
         return -errno;

@@ -69,11 +69,15 @@ static bool read_pid_stat(pid_t pid, char *state, uint64_t *start_time)
 {
     char path[64], buf[1024];
     snprintf(path, sizeof(path), "/proc/%d/stat", (int)pid);
+    /* No fork may copy this descriptor into a child that would keep it (fd_registry.c). */
+    mproc__fd_lock();
     FILE *f = fopen(path, "re");
+    size_t n = f ? fread(buf, 1, sizeof(buf) - 1, f) : 0;
+    if (f)
+        fclose(f);
+    mproc__fd_unlock();
     if (!f)
         return false;
-    size_t n = fread(buf, 1, sizeof(buf) - 1, f);
-    fclose(f);
     buf[n] = '\0';
     /* The name may hold spaces and parentheses: fields restart after the last ')'. */
     char *p = strrchr(buf, ')');

@@ -16,7 +16,9 @@
 #include <mproc.h>
 
 #include <criterion/criterion.h>
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
@@ -24,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -198,6 +201,63 @@ Test(pool_faults, killed_fork_server_fails_every_result_naming_it, .timeout = 60
     expect_nothing_left(fds, shm);
 }
 
+/* ---- descriptors: no child keeps a pool's ---- */
+
+/*
+ * Open descriptors, counted without malloc (opendir would): these children
+ * are forks of a process with threads, where only async-signal-safe calls
+ * are sure to work (AddressSanitizer's allocator is not fork-safe).
+ */
+static int count_fds_raw(void)
+{
+    int dir = open("/proc/self/fd", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir < 0)
+        return -1;
+    char buf[4096];
+    int n = 0;
+    long got;
+    while ((got = syscall(SYS_getdents64, dir, buf, sizeof buf)) > 0) {
+        for (long off = 0; off < got;) {
+            const struct dirent64 *de = (const struct dirent64 *)(buf + off);
+            n += de->d_name[0] != '.';
+            off += de->d_reclen;
+        }
+    }
+    close(dir);
+    return n - 1; /* not counting dir itself */
+}
+
+static int extra_fds(void *arg)
+{
+    return count_fds_raw() - *(const int *)arg;
+}
+
+Test(pool_faults, children_keep_no_descriptor_of_a_pool, .timeout = 60)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    mproc_pool *a = NULL, *b = NULL;
+    cr_assert_eq(mproc_pool_create(&a, NULL), 0);
+    cr_assert_eq(mproc_pool_create(&b, NULL), 0);
+    cr_assert_gt(test_count_fds(), fds + 4, "the pools hold descriptors");
+    /* A process of ours: it has the descriptors we had before the pools, no more. */
+    mproc_process *child = test_start(extra_fds, &fds);
+    test_join_expect(child, 0);
+    /* The program's own fork() too. */
+    pid_t pid = fork();
+    if (pid == 0)
+        _exit(count_fds_raw() - fds);
+    int status = 0;
+    cr_assert_eq(waitpid(pid, &status, 0), pid);
+    cr_expect(WIFEXITED(status) && WEXITSTATUS(status) == 0, "a plain fork kept %d of them",
+              WEXITSTATUS(status));
+    /* And each fork server and its workers keep their own pool's only: both destroy at once. */
+    int64_t start = test_now_ms();
+    cr_assert_eq(mproc_pool_destroy(&a), 0);
+    cr_assert_eq(mproc_pool_destroy(&b), 0);
+    cr_expect_lt(test_now_ms() - start, 2000);
+    expect_nothing_left(fds, shm);
+}
+
 /* ---- callbacks ---- */
 
 struct callback_probe {
@@ -264,6 +324,10 @@ Test(pool_faults, join_destroy_and_waits_from_a_callback_are_refused, .timeout =
 
 static int pool_in_child(void *arg)
 {
+    /* Started before the parent's pool, whose threads a fork would copy mid-malloc. */
+    char go;
+    if (read(*(const int *)arg, &go, 1) != 1)
+        return 1;
     mproc_pool *pool = NULL;
     mproc_pool_options options = {.workers = 2};
     if (mproc_pool_create(&pool, &options) < 0)
@@ -283,12 +347,21 @@ static int pool_in_child(void *arg)
 Test(pool_faults, pool_in_a_forked_child_with_nested_pools_in_its_tasks, .timeout = 120)
 {
     int fds = test_count_fds(), shm = test_count_dev_shm();
-    /* A pool of our own alive meanwhile: the child must not keep it, nor it the child's. */
+    /* A pool of ours alive meanwhile, busy: neither may keep the other's going. */
+    int go[2];
+    cr_assert_eq(pipe2(go, O_CLOEXEC), 0);
+    mproc_process *child = test_start(pool_in_child, &go[0]);
     mproc_pool *outer = NULL;
     cr_assert_eq(mproc_pool_create(&outer, NULL), 0);
-    mproc_process *child = test_start(pool_in_child, NULL);
+    uint32_t us = 1000;
+    for (int i = 0; i < 50; i++)
+        cr_assert_eq(mproc_pool_apply_async(outer, nap, &us, sizeof(us), NULL, NULL, NULL, NULL),
+                     0);
+    cr_assert_eq(write(go[1], "g", 1), 1);
     test_join_expect(child, 0);
     cr_assert_eq(mproc_pool_destroy(&outer), 0);
+    close(go[0]);
+    close(go[1]);
     expect_nothing_left(fds, shm);
 }
 
@@ -396,7 +469,17 @@ static int pools_until_emfile(void *arg)
     }
     for (int i = 0; i < n; i++)
         mproc_pool_destroy(&pools[i]);
-    return test_count_fds() == fds ? 0 : 5;
+    if (test_count_fds() == fds)
+        return 0;
+    fprintf(stderr, "pools_until_emfile: %d descriptors before, %d after:\n", fds,
+            test_count_fds());
+    for (int fd = 0; fd < 64; fd++) {
+        char path[64], target[256] = "";
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        if (readlink(path, target, sizeof target - 1) > 0)
+            fprintf(stderr, "  %d -> %s\n", fd, target);
+    }
+    return 5;
 }
 
 Test(pool_faults, rlimit_nofile_64_gives_emfile_and_leaks_nothing, .timeout = 60)

@@ -22,6 +22,12 @@
  * the worker's pid and signal (or the task runs again once on a fresh worker,
  * if the pool was told to retry); the worker is replaced and the pool goes on.
  * Tasks queued behind it on that worker never ran: they go to other workers.
+ *
+ * When the fork server dies, its workers die with it and the pool breaks:
+ * every result not complete fails with MPROC_EBROKEN and a message naming it
+ * ("fork server 1234 died: killed by signal 9 (Killed)"), and later calls
+ * return MPROC_EBROKEN. Several pools may live at once: each one's fork
+ * server and workers keep only that pool's descriptors (docs/POOL.md).
  */
 #ifndef MPROC_POOL_H
 #define MPROC_POOL_H
@@ -129,10 +135,11 @@ MPROC_API int mproc_task_lookup(const char *name, mproc_task_fn *fn);
 /*
  * Starts a pool: the fork server, the workers and the result thread.
  * options may be NULL for all defaults. Returns 0 and sets *out, -EINVAL,
- * -ENOMEM, -EAGAIN (fork), or another negated errno. Over MPI: 0 with *out
- * NULL on the worker ranks once they have served (see mproc_pool_backend),
- * -ENOTSUP when libmproc was built without MPI or MPI cannot start (again)
- * with threads, -EINVAL with MPROC_POOL_MPI and a single rank.
+ * -ENOMEM, -EAGAIN (fork: RLIMIT_NPROC), -EMFILE (RLIMIT_NOFILE), or
+ * another negated errno. Over MPI: 0 with *out NULL on the worker ranks once
+ * they have served (see mproc_pool_backend), -ENOTSUP when libmproc was
+ * built without MPI or MPI cannot start (again) with threads, -EINVAL with
+ * MPROC_POOL_MPI and a single rank.
  */
 MPROC_API int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options);
 
@@ -240,7 +247,7 @@ MPROC_API int mproc_pool_close(mproc_pool *pool);
 /*
  * Waits until every worker has exited after close() (Python's join()).
  * Returns 0, -EINVAL if the pool was not closed or terminated first,
- * -ETIMEDOUT, -EINTR.
+ * -ETIMEDOUT, -EINTR, -EDEADLK from a callback of this pool.
  */
 MPROC_API int mproc_pool_join(mproc_pool *pool, int timeout_ms);
 
@@ -253,7 +260,10 @@ MPROC_API int mproc_pool_terminate(mproc_pool *pool);
 /*
  * Terminates if needed, stops the result thread, reaps every process and
  * frees the pool; *pool becomes NULL. Results the caller still owns stay
- * valid (completed with MPROC_EBROKEN if they were not done).
+ * valid (completed with MPROC_EBROKEN if they were not done). Bounded: the
+ * fork server gets 3 s to stop its workers and exit, then it is killed.
+ * Returns 0, -EINVAL, -ECHILD (not the creating process), -EDEADLK from a
+ * callback of this pool (the pool is left as it was).
  */
 MPROC_API int mproc_pool_destroy(mproc_pool **pool);
 
@@ -275,12 +285,13 @@ MPROC_API int mproc_pool_drain_ready(mproc_pool *pool);
  * NULL. Returns 0; the task's error: MPROC_ETASKFAILED (see
  * mproc_result_error()), MPROC_EWORKERDIED, -ETIMEDOUT (the task ran over
  * the pool's task timeout), MPROC_ECANCELLED, MPROC_EBROKEN (terminated);
- * or, for the wait itself, -EAGAIN when not ready within timeout_ms, -EINTR.
+ * or, for the wait itself, -EAGAIN when not ready within timeout_ms, -EINTR,
+ * -EDEADLK when a callback of the result's own pool would wait for it.
  */
 MPROC_API int mproc_result_get(mproc_result *result, const void **data, size_t *len,
                                int timeout_ms);
 
-/* Waits without fetching: 0 when ready, -EAGAIN, -EINTR. */
+/* Waits without fetching: 0 when ready, -EAGAIN, -EINTR, -EDEADLK (as get()). */
 MPROC_API int mproc_result_wait(mproc_result *result, int timeout_ms);
 
 /* Whether the result is complete, successfully or not. */
@@ -316,7 +327,7 @@ MPROC_API int mproc_result_cancel(mproc_result *result);
 /*
  * concurrent.futures.wait(): waits until all (all = true) or any of the
  * count results are ready, or the timeout. Sets *ready_count. Returns 0,
- * -EAGAIN (timeout), -EINTR.
+ * -EAGAIN (timeout), -EINTR, -EDEADLK (from a callback, waiting on its pool).
  */
 MPROC_API int mproc_result_wait_many(mproc_result *const *results, size_t count, bool all,
                                      size_t *ready_count, int timeout_ms);

@@ -53,7 +53,13 @@ __attribute__((format(printf, 1, 2))) void tsan_log(const char *format, ...);
 #define cr_assert_null(p, ...)      cr_assert((p) == NULL, __VA_ARGS__)
 #define cr_assert_not_null(p, ...)  cr_assert((p) != NULL, __VA_ARGS__)
 #define cr_assert_str_eq(a, b, ...) cr_assert(strcmp((a), (b)) == 0, __VA_ARGS__)
-#define cr_assert_fail(...)         tsan_fail(__FILE__, __LINE__, "failed", " " __VA_ARGS__)
-#define cr_log_info(...)            tsan_log(__VA_ARGS__)
+/* Criterion's cr_expect_* go on after a failure; here they stop the test, as cr_assert_*. */
+#define cr_expect(cond, ...)     cr_assert(cond, __VA_ARGS__)
+#define cr_expect_eq(a, b, ...)  cr_assert_eq(a, b, __VA_ARGS__)
+#define cr_expect_neq(a, b, ...) cr_assert_neq(a, b, __VA_ARGS__)
+#define cr_expect_lt(a, b, ...)  cr_assert_lt(a, b, __VA_ARGS__)
+#define cr_expect_gt(a, b, ...)  cr_assert_gt(a, b, __VA_ARGS__)
+#define cr_assert_fail(...)      tsan_fail(__FILE__, __LINE__, "failed", " " __VA_ARGS__)
+#define cr_log_info(...)         tsan_log(__VA_ARGS__)
 
 #endif
