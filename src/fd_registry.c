@@ -10,8 +10,8 @@
  * Descriptors of the user's objects (queues, pipes, locks the program made)
  * are not recorded: children inherit them, as Python's fork children do.
  *
- * The lock (recursive: a queue made under it closes descriptors on failure)
- * is held from the creation of a recorded descriptor until it is
+ * The lock (reentrant through a per-thread depth: a queue made under it
+ * closes descriptors on failure) is held from the creation of a recorded descriptor until it is
  * recorded, and across every fork() of the process (pthread_atfork handlers,
  * so the program's own forks too), so that no child is forked between the
  * two. In the child, the handler closes what is not the child's: a fork the
@@ -38,7 +38,10 @@ static struct {
     pthread_mutex_t lock;
     size_t count;
     struct fd_entry entries[FD_REGISTRY_MAX];
-} registry = {.lock = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP};
+} registry = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+/* How many times this thread holds the lock: the mutex is taken at the first only. */
+static _Thread_local unsigned held;
 
 /* The owner whose descriptors a child of this thread's next fork() keeps. */
 static _Thread_local uintptr_t fork_keep = MPROC__FD_PRIVATE;
@@ -68,8 +71,8 @@ static void after_fork_child(void)
     }
     registry.count = kept;
     fork_keep = MPROC__FD_PRIVATE;
-    /* Held across fork() by the parent's thread: a fresh one for this process. */
-    registry.lock = (pthread_mutex_t)PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+    /* Taken by before_fork() in this thread, the one the child goes on with. */
+    pthread_mutex_unlock(&registry.lock);
 }
 
 static void install_handlers(void)
@@ -80,12 +83,14 @@ static void install_handlers(void)
 void mproc__fd_lock(void)
 {
     pthread_once(&handlers_once, install_handlers);
-    pthread_mutex_lock(&registry.lock);
+    if (held++ == 0)
+        pthread_mutex_lock(&registry.lock);
 }
 
 void mproc__fd_unlock(void)
 {
-    pthread_mutex_unlock(&registry.lock);
+    if (--held == 0)
+        pthread_mutex_unlock(&registry.lock);
 }
 
 int mproc__fd_record(int fd, uintptr_t owner)
@@ -115,11 +120,11 @@ void mproc__close(int fd)
         return;
     int saved = errno;
     /* Forgotten and closed under the lock: the number is not reused before it is forgotten. */
-    pthread_mutex_lock(&registry.lock);
+    mproc__fd_lock();
     forget(fd);
     /* Linux frees the descriptor even when close() fails: never retry it. */
     (void)close(fd);
-    pthread_mutex_unlock(&registry.lock);
+    mproc__fd_unlock();
     errno = saved;
 }
 

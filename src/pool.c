@@ -522,7 +522,7 @@ static void describe_death(char *out, size_t cap, pid_t pid, int wstatus, int st
     } else if (wstatus >= 0) {
         snprintf(out, cap, "worker %d died: exited with status %d", (int)pid, WEXITSTATUS(wstatus));
     } else {
-        snprintf(out, cap, "worker could not be started: %s", strerror(-status));
+        snprintf(out, cap, "worker could not be started: %s", mproc_strerror(status));
     }
 }
 
@@ -585,7 +585,7 @@ static void note_failed_start(mproc_pool *pool, int w, const struct pool_res_msg
     }
     if (msg->wstatus == -1)
         snprintf(pool->broken_text, sizeof(pool->broken_text), "no worker can be started: fork: %s",
-                 strerror(-msg->status));
+                 mproc_strerror(msg->status));
     else
         snprintf(pool->broken_text, sizeof(pool->broken_text),
                  "no worker can be started: the initializer failed");
@@ -876,14 +876,12 @@ static int receive(mproc_pool *pool, unsigned char *rx, size_t rx_cap, struct io
 /* Handles every result message already queued, without waiting. */
 static void drain_results(mproc_pool *pool, struct done_list *done)
 {
-    struct iovec msgs[RESULT_BATCH];
     for (;;) {
-        size_t count = 0;
-        void *owned = NULL;
-        if (receive(pool, NULL, 0, msgs, &count, &owned, 0) < 0 || count == 0)
+        void *msg = NULL;
+        size_t len = 0;
+        if (mproc_queue_get(pool->result_q, &msg, &len, 0) < 0)
             return;
-        for (size_t i = 0; i < count; i++)
-            handle_message(pool, msgs[i].iov_base, msgs[i].iov_len, owned, done);
+        handle_message(pool, msg, len, msg, done);
     }
 }
 
@@ -1436,17 +1434,18 @@ static int dup_fds(const int *fds, size_t nfds, int **out)
     if (!copy)
         return -ENOMEM;
     /* The copies wait here for their task: no child of ours may keep the caller's pipe open. */
+    for (size_t i = 0; i < nfds; i++)
+        copy[i] = -1;
     mproc__fd_lock();
     int rc = 0;
-    size_t made = 0;
-    for (; made < nfds && rc == 0; made++) {
-        copy[made] = fcntl(fds[made], F_DUPFD_CLOEXEC, 0);
-        rc = copy[made] < 0 ? -errno : mproc__fd_record(copy[made], MPROC__FD_PRIVATE);
+    for (size_t i = 0; i < nfds && rc == 0; i++) {
+        copy[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 0);
+        rc = copy[i] < 0 ? -errno : mproc__fd_record(copy[i], MPROC__FD_PRIVATE);
     }
     mproc__fd_unlock();
     if (rc < 0) {
-        while (made--)
-            mproc__close(copy[made]);
+        for (size_t i = 0; i < nfds; i++)
+            mproc__close(copy[i]);
         free(copy);
         return rc;
     }
@@ -1796,7 +1795,11 @@ int mproc_pool_join(mproc_pool *pool, int timeout_ms)
     /* A callback: the thread that would see the workers go is this one. */
     if (mproc__pool_is_result_thread(pool))
         return -EDEADLK;
-    if (pool->state == POOL_RUNNING)
+    /* The result thread changes the state (a broken pool): read it under the lock. */
+    pthread_mutex_lock(&pool->lock);
+    bool running = pool->state == POOL_RUNNING;
+    pthread_mutex_unlock(&pool->lock);
+    if (running)
         return -EINVAL;
     int64_t deadline = mproc__deadline(timeout_ms);
     while (!atomic_load(&pool->all_down)) {
@@ -1837,8 +1840,11 @@ int mproc_pool_destroy(mproc_pool **poolp)
         return -ECHILD;
     if (mproc__pool_is_result_thread(pool))
         return -EDEADLK;
-    if (pool->state == POOL_RUNNING ||
-        (pool->state == POOL_CLOSED && !atomic_load(&pool->all_down)))
+    pthread_mutex_lock(&pool->lock);
+    bool live = pool->state == POOL_RUNNING ||
+                (pool->state == POOL_CLOSED && !atomic_load(&pool->all_down));
+    pthread_mutex_unlock(&pool->lock);
+    if (live)
         mproc_pool_terminate(pool);
     pthread_mutex_lock(&pool->lock);
     pool->quit = true;

@@ -268,7 +268,7 @@ struct callback_probe {
     _Atomic int wait_many_rc;
     _Atomic int submitted;
     _Atomic int called;
-    mproc_result *pending;
+    _Atomic(mproc_result *) pending; /* stored by the test once apply_async() returned */
 };
 
 static void from_callback(mproc_result *result, void *arg)
@@ -279,9 +279,12 @@ static void from_callback(mproc_result *result, void *arg)
     if (probe->called == 0) {
         probe->join_rc = mproc_pool_join(pool, 1000);
         probe->destroy_rc = mproc_pool_destroy(&pool);
-        probe->get_rc = mproc_result_get(probe->pending, NULL, NULL, 1000);
+        mproc_result *pending = NULL;
+        for (int i = 0; i < 5000 && !(pending = atomic_load(&probe->pending)); i++)
+            usleep(1000);
+        probe->get_rc = mproc_result_get(pending, NULL, NULL, 1000);
         size_t ready = 0;
-        probe->wait_many_rc = mproc_result_wait_many(&probe->pending, 1, true, &ready, 1000);
+        probe->wait_many_rc = mproc_result_wait_many(&pending, 1, true, &ready, 1000);
     }
     /* Submitting from a callback is allowed: a chain of three more. */
     if (atomic_fetch_add(&probe->submitted, 1) < 3) {
@@ -298,14 +301,19 @@ Test(pool_faults, join_destroy_and_waits_from_a_callback_are_refused, .timeout =
     struct callback_probe probe = {0};
     mproc_pool_options options = {.workers = 1};
     cr_assert_eq(mproc_pool_create(&probe.pool, &options), 0);
-    /* Queued behind the callback's task on the only worker: not ready when the callback runs. */
-    uint32_t slow = 300000, quick = 0;
+    /*
+     * Queued behind the callback's task on the only worker: not ready when
+     * the callback runs (100 ms later, with the pointer long stored).
+     */
+    uint32_t slow = 300000, quick = 100000;
     cr_assert_eq(mproc_pool_apply_async(probe.pool, nap, &quick, sizeof(quick), from_callback, NULL,
                                         &probe, NULL),
                  0);
-    cr_assert_eq(mproc_pool_apply_async(probe.pool, nap, &slow, sizeof(slow), NULL, NULL, NULL,
-                                        &probe.pending),
-                 0);
+    mproc_result *pending = NULL;
+    cr_assert_eq(
+        mproc_pool_apply_async(probe.pool, nap, &slow, sizeof(slow), NULL, NULL, NULL, &pending),
+        0);
+    atomic_store(&probe.pending, pending);
     int64_t deadline = test_now_ms() + 20000;
     while (probe.called < 4 && test_now_ms() < deadline)
         usleep(1000);
@@ -314,8 +322,8 @@ Test(pool_faults, join_destroy_and_waits_from_a_callback_are_refused, .timeout =
     cr_expect_eq(probe.destroy_rc, -EDEADLK);
     cr_expect_eq(probe.get_rc, -EDEADLK);
     cr_expect_eq(probe.wait_many_rc, -EDEADLK);
-    cr_expect_eq(mproc_result_get(probe.pending, NULL, NULL, 10000), 0);
-    mproc_result_destroy(&probe.pending);
+    cr_expect_eq(mproc_result_get(pending, NULL, NULL, 10000), 0);
+    mproc_result_destroy(&pending);
     cr_assert_eq(mproc_pool_destroy(&probe.pool), 0);
     expect_nothing_left(fds, shm);
 }
