@@ -6,7 +6,10 @@
  * completed exactly once with the right code, and nothing left behind (no
  * process, zombie, descriptor or /dev/shm entry).
  *
- * The randomized case prints its seed; MPROC_TEST_SEED=<n> replays the
+ * The randomized case also has tasks put into a queue made before the pools
+ * while their workers are killed: no message twice, none torn, every put a
+ * task confirmed (it returned) received, and the count exact afterwards.
+ * It prints its seed; MPROC_TEST_SEED=<n> replays the
  * choices (the timing of kills still depends on the scheduler), and
  * MPROC_TEST_ROUNDS=<n> runs more rounds.
  */
@@ -613,6 +616,51 @@ Test(pool_faults, rlimit_nproc_with_no_worker_left_breaks_the_pool_saying_why, .
 #define MAX_POOLS 3
 #define MAX_TASKS 60
 
+/* The round's queue, made before its pools: their workers inherit it. */
+static mproc_queue *round_queue;
+
+#define PAD_MAX 8192 /* a put long enough for a kill to land in the middle of it */
+
+struct put_arg {
+    uint32_t us;
+    uint16_t pool, task;
+};
+
+/* Who put a message: unique per put, also when a retried task puts again. */
+struct stamp {
+    uint16_t pool, task;
+    pid_t pid;
+    uint32_t seq;
+};
+
+static unsigned char pad_byte(const struct stamp *s, size_t i)
+{
+    return (unsigned char)(s->seq * 31u + (uint32_t)s->pid + i);
+}
+
+/* Puts a stamped message of a varying length, then naps as nap() does. */
+static int put_then_nap(mproc_task_ctx *ctx, const void *arg, size_t len)
+{
+    static uint32_t seq; /* per worker process */
+    static unsigned char msg[sizeof(struct stamp) + PAD_MAX];
+    struct put_arg a;
+    if (len != sizeof(a))
+        return mproc_task_fail(ctx, "bad argument of %zu bytes", len);
+    memcpy(&a, arg, sizeof(a));
+    struct stamp s = {.pool = a.pool, .task = a.task, .pid = getpid(), .seq = ++seq};
+    size_t pad = (s.seq * 7919u + a.us) % PAD_MAX;
+    memcpy(msg, &s, sizeof(s));
+    for (size_t i = 0; i < pad; i++)
+        msg[sizeof(s) + i] = pad_byte(&s, i);
+    int rc = mproc_queue_put(round_queue, msg, sizeof(s) + pad, 5000);
+    if (rc < 0)
+        return mproc_task_fail(ctx, "put: %s", mproc_strerror(rc));
+    if (a.us)
+        usleep(a.us);
+    uint32_t out = a.us + 1;
+    return mproc_task_return(ctx, &out, sizeof(out));
+}
+
 struct tracked_pool {
     mproc_pool *pool;
     pid_t server;
@@ -623,7 +671,9 @@ struct tracked_pool {
     int ntasks;
     mproc_result *results[MAX_TASKS];
     uint32_t args[MAX_TASKS];
+    struct put_arg put_args[MAX_TASKS];
     mproc_task_fn fns[MAX_TASKS];
+    int codes[MAX_TASKS]; /* each result's code, kept for the queue's check */
     _Atomic int callbacks[MAX_TASKS];
 };
 
@@ -666,6 +716,7 @@ static void check_results(struct tracked_pool *tp, int p, unsigned round)
         const void *data = NULL;
         size_t len = 0;
         rc = mproc_result_get(tp->results[t], &data, &len, 0);
+        tp->codes[t] = rc;
         const char *why = mproc_result_error(tp->results[t]);
         if (rc == 0) {
             cr_expect_eq(len, sizeof(uint32_t));
@@ -704,13 +755,78 @@ static void start_pool(struct tracked_pool *tp, int p, uint64_t *rng)
     tp->ntasks = 20 + (int)(mix(rng) % (MAX_TASKS - 20));
     for (int t = 0; t < tp->ntasks; t++) {
         tp->args[t] = (uint32_t)(mix(rng) % 4000);
-        tp->fns[t] = mix(rng) % 10 == 0 ? nested : nap;
+        uint64_t kind = mix(rng) % 10;
+        tp->fns[t] = kind == 0 ? nested : kind < 4 ? put_then_nap : nap;
+        tp->put_args[t] = (struct put_arg){tp->args[t], (uint16_t)p, (uint16_t)t};
+        const void *arg = &tp->args[t];
+        size_t len = sizeof(tp->args[t]);
+        if (tp->fns[t] == put_then_nap) {
+            arg = &tp->put_args[t];
+            len = sizeof(tp->put_args[t]);
+        }
         refs[p][t] = (struct callback_ref){tp, t};
-        cr_assert_eq(mproc_pool_apply_async(tp->pool, tp->fns[t], &tp->args[t], sizeof(tp->args[t]),
-                                            count_callback, count_callback, &refs[p][t],
-                                            &tp->results[t]),
+        cr_assert_eq(mproc_pool_apply_async(tp->pool, tp->fns[t], arg, len, count_callback,
+                                            count_callback, &refs[p][t], &tp->results[t]),
                      0);
     }
+}
+
+/* Checks one message taken from the round's queue; returns false when it is torn. */
+static bool message_whole(const void *data, size_t len, struct stamp *s)
+{
+    if (len < sizeof(*s))
+        return false;
+    memcpy(s, data, sizeof(*s));
+    const unsigned char *pad = (const unsigned char *)data + sizeof(*s);
+    for (size_t i = 0; i < len - sizeof(*s); i++)
+        if (pad[i] != pad_byte(s, i))
+            return false;
+    return true;
+}
+
+/*
+ * After every pool is gone: the count is exact, no put arrived twice or torn,
+ * and every task that returned had its put (done before it returned) received.
+ */
+static void check_queue(struct tracked_pool *tps, int npools, unsigned round)
+{
+    static struct stamp seen[MAX_POOLS * MAX_TASKS * 4];
+    static bool put_of[MAX_POOLS][MAX_TASKS];
+    size_t before = 0, taken = 0;
+    memset(put_of, 0, sizeof(put_of));
+    cr_assert_eq(mproc_queue_size(round_queue, &before), 0);
+    for (;;) {
+        void *data = NULL;
+        size_t len = 0;
+        int rc = mproc_queue_get(round_queue, &data, &len, 0);
+        if (rc == -EAGAIN || rc == -EPIPE)
+            break;
+        cr_assert_eq(rc, 0, "round %u: get: %s", round, mproc_strerror(rc));
+        struct stamp s;
+        bool whole = message_whole(data, len, &s);
+        free(data);
+        cr_assert(whole, "round %u: a torn message of %zu bytes", round, len);
+        cr_assert(s.pool < npools && s.task < tps[s.pool].ntasks, "round %u: a stray message",
+                  round);
+        for (size_t i = 0; i < taken; i++)
+            cr_assert(seen[i].pid != s.pid || seen[i].seq != s.seq,
+                      "round %u: the put %d/%u received twice", round, (int)s.pid, s.seq);
+        cr_assert_lt(taken, sizeof(seen) / sizeof(seen[0]), "round %u: too many messages", round);
+        seen[taken++] = s;
+        put_of[s.pool][s.task] = true;
+    }
+    cr_expect_eq(taken, before, "round %u: size said %zu, %zu taken", round, before, taken);
+    size_t after = 1;
+    bool empty = false;
+    cr_expect_eq(mproc_queue_size(round_queue, &after), 0);
+    cr_expect_eq(after, 0, "round %u: size %zu after draining", round, after);
+    cr_expect_eq(mproc_queue_empty(round_queue, &empty), 0);
+    cr_expect(empty, "round %u: not empty after draining", round);
+    for (int p = 0; p < npools; p++)
+        for (int t = 0; t < tps[p].ntasks; t++)
+            if (tps[p].fns[t] == put_then_nap && tps[p].codes[t] == 0)
+                cr_expect(put_of[p][t], "round %u: pool %d task %d returned, its put is lost",
+                          round, p, t);
 }
 
 static void one_round(unsigned round, uint64_t rng)
@@ -718,6 +834,7 @@ static void one_round(unsigned round, uint64_t rng)
     static struct tracked_pool tps[MAX_POOLS];
     int npools = 2 + (int)(mix(&rng) % 2);
     memset(tps, 0, sizeof(tps));
+    cr_assert_eq(mproc_queue_create(&round_queue, 0, 0), 0);
     for (int p = 0; p < npools; p++)
         start_pool(&tps[p], p, &rng);
     int kills = (int)(mix(&rng) % 6);
@@ -747,6 +864,8 @@ static void one_round(unsigned round, uint64_t rng)
         tp->destroyed = true;
         check_results(tp, order[i], round);
     }
+    check_queue(tps, npools, round);
+    mproc_queue_destroy(&round_queue);
 }
 
 Test(pool_faults, random_pools_kills_and_destroys_lose_nothing, .timeout = 600)
