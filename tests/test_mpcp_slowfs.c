@@ -23,8 +23,9 @@
 
 #define FUSE_MAGIC 0x65735546L
 #define DELAY_US   "500"
-/* mpcp.1: on slow storage, MPCP_MAX_JOBS workers (64) beside mpcp and its fork server. */
-#define MAX_WORKERS 64
+/* mpcp.1: on slow storage, MPCP_MAX_JOBS workers (128) beside mpcp and its fork server. */
+#define MAX_WORKERS      128
+#define MAX_WORKERS_TEXT "128"
 
 static char work[256], back[300], mnt[300];
 static int wfd = -1;
@@ -213,11 +214,13 @@ Test(mpcp_slowfs, copies_onto_and_off_slow_storage_are_exact, .init = mount_slow
     run_mpcp("MPCP_ADAPT_TRACE=1", s, onto, &r);
     cr_assert_eq(r.status, 0, "onto slowfs: %s", r.err);
     /* A FUSE destination: the pool of the slow-storage default, not one per CPU. */
-    cr_assert(strstr(r.out, "\"jobs\":64") != NULL, "not the slow-storage pool: %s", r.out);
+    cr_assert(strstr(r.out, "\"jobs\":" MAX_WORKERS_TEXT) != NULL, "not the slow-storage pool: %s",
+              r.out);
     compare_paths(s, back_onto);
     run_mpcp(NULL, onto, off, &r);
     cr_assert_eq(r.status, 0, "off slowfs: %s", r.err);
-    cr_assert(strstr(r.out, "\"jobs\":64") != NULL, "not the slow-storage pool: %s", r.out);
+    cr_assert(strstr(r.out, "\"jobs\":" MAX_WORKERS_TEXT) != NULL, "not the slow-storage pool: %s",
+              r.out);
     compare_paths(s, off);
 }
 

@@ -385,7 +385,7 @@ int mpcp_list_decode_entry(const unsigned char *p, size_t end, size_t *pos, stru
 /* ---- concurrency on slow storage (adapt.c) ---- */
 
 /* The pool's size on slow storage without -j: MPCP_MAX_JOBS, up to the limit. */
-#define MPCP_MAX_JOBS_DEFAULT 64
+#define MPCP_MAX_JOBS_DEFAULT 128
 #define MPCP_MAX_JOBS_LIMIT   1024
 
 /*
