@@ -416,6 +416,14 @@ static void setup_unreadable(int dir)
     close(s);
 }
 
+/* A source of every type, a file, and a folder nobody can search. */
+static void setup_blocked_dest(int dir)
+{
+    setup_types(dir);
+    put_file(dir, "file", "in the way\n", 0644);
+    close(sub_dir(dir, "locked", 0));
+}
+
 static void setup_loop(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -829,6 +837,20 @@ CASE(deref_L, .setup = setup_deref, .args = {"-rL", "s", "o"})
 CASE(deref_H, .setup = setup_deref, .args = {"-rH", "sl", "o"})
 CASE(no_deref_P, .setup = setup_deref, .args = {"-rP", "sl", "o"})
 CASE(loop_with_L, .setup = setup_loop, .args = {"-rL", "s", "o"})
+/* The destination's folder cannot be opened: cp's message names the first step that fails. */
+CASE(dest_folder_missing_dir, .setup = setup_blocked_dest, .args = {"-r", "s/sub", "nodir/o"})
+CASE(dest_folder_missing_file, .setup = setup_blocked_dest, .args = {"s/a", "nodir/o"})
+CASE(dest_folder_missing_omits_dir, .setup = setup_blocked_dest, .args = {"s/sub", "nodir/o"})
+CASE(dest_folder_missing_symlink, .setup = setup_blocked_dest, .args = {"-rP", "s/rel", "nodir/o"})
+CASE(dest_folder_missing_fifo, .setup = setup_blocked_dest, .args = {"-r", "s/fifo", "nodir/o"})
+CASE(dest_folder_missing_source_too, .setup = setup_blocked_dest, .args = {"-r", "s/no", "nodir/o"})
+CASE(dest_folder_is_a_file, .setup = setup_blocked_dest, .args = {"-r", "s/sub", "file/o"})
+CASE(dest_folder_unsearchable_dir, .setup = setup_blocked_dest, .args = {"-r", "s/sub", "locked/o"},
+     .nobody = true)
+CASE(dest_folder_unsearchable_into, .setup = setup_blocked_dest,
+     .args = {"-r", "s/a", "s/sub", "s/rel", "locked/"}, .nobody = true)
+CASE(dest_folder_unsearchable_deeper, .setup = setup_blocked_dest,
+     .args = {"-r", "s/sub", "locked/x/o"}, .nobody = true)
 CASE(unreadable_as_nobody, .setup = setup_unreadable, .args = {"-r", "s", "o"}, .nobody = true)
 CASE(archive_unreadable_as_nobody, .setup = setup_unreadable, .args = {"-a", "s", "o"},
      .nobody = true, .flags = CMP_MTIME)

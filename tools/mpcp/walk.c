@@ -1304,7 +1304,16 @@ static int make_dest_dir(struct planner *p, int dparent, const char *dname, cons
             return -1;
         }
     } else {
-        say(p, errno, "cannot create directory %s", p->dst_disp.s, NULL);
+        /*
+         * cp looks at the destination before it makes it: a parent it
+         * cannot search is "cannot stat", one it cannot write "cannot create".
+         */
+        int err = errno;
+        struct stat d;
+        if (fstatat(dparent, dname, &d, AT_SYMLINK_NOFOLLOW) < 0 && errno != ENOENT)
+            say(p, errno, "cannot stat %s", p->dst_disp.s, NULL);
+        else
+            say(p, err, "cannot create directory %s", p->dst_disp.s, NULL);
         return -1;
     }
     ds->dfd = open_folder(p, dparent, dname, O_NOFOLLOW);
@@ -2349,6 +2358,46 @@ static void plan_into_dir(struct planner *p, struct plan *pl, const char *tdir, 
         mark_dup_names(pl);
 }
 
+/* What cp would make of the source at the destination: the verb of its error. */
+static const char *create_what(const struct mpcp_opts *opt, mode_t mode)
+{
+    bool special = opt->recursive && !opt->copy_contents;
+    if (S_ISDIR(mode))
+        return "cannot create directory %s";
+    if (S_ISLNK(mode))
+        return "cannot create symbolic link %s";
+    if (special && S_ISFIFO(mode))
+        return "cannot create fifo %s";
+    if (special && (S_ISCHR(mode) || S_ISBLK(mode)))
+        return "cannot create special file %s";
+    return "cannot create regular file %s";
+}
+
+/*
+ * The destination's folder cannot be opened (err). cp looks at the source,
+ * then at the destination, then makes it: the message is the one of the
+ * first step that fails, in that order.
+ */
+static void say_no_dest_folder(struct planner *p, const struct operand *o, const char *dst, int err)
+{
+    const char *src = o->src_arg;
+    int follow = p->opt->deref == MPCP_DEREF_NEVER ? AT_SYMLINK_NOFOLLOW : 0;
+    struct stat st;
+    if (fstatat(o->sparent, o->sbase, &st, follow) < 0) {
+        say(p, errno, "cannot stat %s", src, NULL);
+        return;
+    }
+    if (S_ISDIR(st.st_mode) && !p->opt->recursive) {
+        say(p, 0, "-r not specified; omitting directory %s", src, NULL);
+        return;
+    }
+    if (err != ENOENT) {
+        say(p, err, "cannot stat %s", dst, NULL);
+        return;
+    }
+    say(p, err, create_what(p->opt, st.st_mode), dst, NULL);
+}
+
 static void plan_one(struct planner *p, struct plan *pl, const char *src, const char *dst)
 {
     pl->ops = calloc(1, sizeof *pl->ops);
@@ -2369,7 +2418,7 @@ static void plan_one(struct planner *p, struct plan *pl, const char *src, const 
     }
     rc = open_parent(NULL, dst, &o->dparent, &dbase);
     if (rc < 0) {
-        say(p, -rc, "cannot create regular file %s", dst, NULL);
+        say_no_dest_folder(p, o, dst, -rc);
         return;
     }
     /* The destination's base name lives as long as the plan, in clean. */
