@@ -59,7 +59,10 @@ static inline void read_all(int fd, char *buf, size_t size)
     buf[len] = '\0';
 }
 
-/* Runs argv in cwd; as_nobody drops to uid/gid 65534 first. */
+/*
+ * Runs argv in cwd with stdin from /dev/null (cp -i reads its answers
+ * there: end of input is "no"); as_nobody drops to uid/gid 65534 first.
+ */
 static inline void run_in(const char *cwd, bool as_nobody, const char *const *argv,
                           struct run_result *r)
 {
@@ -72,6 +75,9 @@ static inline void run_in(const char *cwd, bool as_nobody, const char *const *ar
     if (pid == 0) {
         dup2(errp[1], 2);
         dup2(outp[1], 1);
+        int null = open("/dev/null", O_RDONLY);
+        if (null < 0 || dup2(null, 0) < 0)
+            _exit(126);
         if (chdir(cwd) < 0)
             _exit(126);
         if (as_nobody && (setgroups(0, NULL) < 0 || setgid(65534) < 0 || setuid(65534) < 0))

@@ -1046,6 +1046,37 @@ Test(mpcp_beyond, quiet_never_hides_errors, .init = setup_work, .fini = teardown
     cr_assert_str_empty(r.out);
 }
 
+/*
+ * -L through a symlink to the folder that holds the destination: the walk
+ * comes to the destination it is filling. cp 9.1 copies until names are too
+ * long (o/new/d/to_o/new/d/to_o/...); mpcp stops at the folder it made, with
+ * cp's message for it, and copies the rest.
+ */
+Test(mpcp_beyond, symlink_to_the_destinations_folder_ends_the_walk, .init = setup_work,
+     .fini = teardown_work, .timeout = 30)
+{
+    int s = sub_dir(wfd, "s", 0755);
+    int d = sub_dir(s, "d", 0755);
+    must(symlinkat("../../o", d, "to_o"), "symlink", "to_o");
+    close(d);
+    put_file(s, "f", "data\n", 0644);
+    close(s);
+    struct run_result r;
+    for (int j = 1; j <= 2; j++) {
+        const char *jobs = j == 1 ? "1" : "4";
+        close(sub_dir(wfd, "o", 0755));
+        mpcp(&r, (const char *const[]){"-rL", "-j", jobs, "s", "o/new", NULL});
+        cr_assert_eq(r.status, 1, "-j %s: %s", jobs, r.err);
+        cr_assert_str_eq(r.err, "mpcp: cannot copy a directory, 's', into itself, 'o/new'\n",
+                         "-j %s", jobs);
+        struct stat st;
+        cr_assert_eq(fstatat(wfd, "o/new/f", &st, 0), 0, "-j %s: the file beside the link", jobs);
+        cr_assert_neq(fstatat(wfd, "o/new/d/to_o/new/d", &st, AT_SYMLINK_NOFOLLOW), 0,
+                      "-j %s: the walk went on through its own destination", jobs);
+        remove_tree_at(wfd, "o");
+    }
+}
+
 Test(mpcp_beyond, jobs_are_validated, .init = setup_work, .fini = teardown_work, .timeout = 30)
 {
     put_file(wfd, "f", "f\n", 0644);

@@ -38,9 +38,26 @@ static int str_cmp(const void *a, const void *b)
     return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* Writes "cp: " for each "mpcp: " in text, in place (-i's prompts share one line). */
+static void as_cp(char *text)
+{
+    char *w = text;
+    for (const char *r = text; *r;) {
+        if (!strncmp(r, "mpcp: ", 6)) {
+            memcpy(w, "cp: ", 4);
+            w += 4;
+            r += 6;
+        } else {
+            *w++ = *r++;
+        }
+    }
+    *w = '\0';
+}
+
 /* Same error lines, in any order: "cp: X" must match "mpcp: X". */
 static void compare_stderr(char *cp_err, char *mp_err)
 {
+    as_cp(mp_err);
     size_t nc, nm;
     char **c = split_lines(cp_err, &nc), **m = split_lines(mp_err, &nm);
     cr_assert_eq(nc, nm, "error lines: cp %zu, mpcp %zu\ncp:\n%s\nmpcp:\n%s", nc, nm, cp_err,
@@ -50,8 +67,8 @@ static void compare_stderr(char *cp_err, char *mp_err)
             c[i] += 4;
         if (!strcmp(c[i], "Try 'cp --help' for more information."))
             c[i] = "Try 'mpcp --help' for more information.";
-        if (!strncmp(m[i], "mpcp: ", 6))
-            m[i] += 6;
+        if (!strncmp(m[i], "cp: ", 4))
+            m[i] += 4;
     }
     qsort(c, nc, sizeof *c, str_cmp);
     qsort(m, nm, sizeof *m, str_cmp);
@@ -116,7 +133,8 @@ static const struct diff *running;
 
 static void remove_work(void)
 {
-    if (!work[0])
+    /* MPCP_TEST_KEEP=1 leaves the folders of a failed case to look at. */
+    if (!work[0] || getenv("MPCP_TEST_KEEP"))
         return;
     if (running && running->cleanup) {
         int a = openat(AT_FDCWD, work, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -422,6 +440,62 @@ static void setup_blocked_dest(int dir)
     setup_types(dir);
     put_file(dir, "file", "in the way\n", 0644);
     close(sub_dir(dir, "locked", 0));
+}
+
+/*
+ * Folders met twice: a command-line folder inside another, and a symlink to
+ * an ancestor. (Through a symlink to the folder that holds the destination,
+ * cp 9.1 may copy until names are too long: mpcp stops, test_mpcp_beyond.)
+ */
+static void setup_met_twice(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    int a = sub_dir(s, "a", 0755);
+    int b = sub_dir(a, "b", 0755);
+    put_file(b, "f", "in b\n", 0644);
+    close(b);
+    put_file(a, "g", "in a\n", 0644);
+    close(a);
+    int d = sub_dir(s, "d", 0755);
+    must(symlinkat("..", d, "up"), "symlink", "up");
+    close(d);
+    close(s);
+    close(sub_dir(dir, "o", 0755));
+}
+
+/* Names that reach one inode through symlinks, and a link group whose first name cannot be read. */
+static void setup_links_via_symlinks(int dir)
+{
+    put_file(dir, "f", "one inode\n", 0644);
+    must(symlinkat("f", dir, "l1"), "symlink", "l1");
+    must(symlinkat("f", dir, "l2"), "symlink", "l2");
+    int s = sub_dir(dir, "s", 0755);
+    must(symlinkat("../f", s, "a"), "symlink", "a");
+    must(symlinkat("../f", s, "b"), "symlink", "b");
+    put_file(s, "closed", "no one reads this\n", 0);
+    must(linkat(s, "closed", s, "closed2", 0), "link", "closed2");
+    must(linkat(s, "closed", s, "closed3", 0), "link", "closed3");
+    close(s);
+    close(sub_dir(dir, "d", 0755));
+}
+
+/* Fifos reached directly and through symlinks, onto existing files. */
+static void setup_fifo_onto_files(int dir)
+{
+    must(mkfifoat(dir, "ff", 0640), "mkfifo", "ff");
+    must(symlinkat("ff", dir, "lf"), "symlink", "lf");
+    int s = sub_dir(dir, "s", 0755);
+    must(mkfifoat(s, "ff", 0640), "mkfifo", "ff");
+    must(symlinkat("ff", s, "lf"), "symlink", "lf");
+    close(s);
+    int o = sub_dir(dir, "o", 0755);
+    put_file(o, "ff", "old\n", 0644);
+    put_file(o, "lf", "old\n", 0644);
+    int os = sub_dir(o, "s", 0755);
+    put_file(os, "ff", "old\n", 0644);
+    put_file(os, "lf", "old\n", 0644);
+    close(os);
+    close(o);
 }
 
 static void setup_loop(int dir)
@@ -836,6 +910,21 @@ CASE(dir_onto_file_and_back, .setup = setup_clash, .args = {"-rT", "s", "o"})
 CASE(deref_L, .setup = setup_deref, .args = {"-rL", "s", "o"})
 CASE(deref_H, .setup = setup_deref, .args = {"-rH", "sl", "o"})
 CASE(no_deref_P, .setup = setup_deref, .args = {"-rP", "sl", "o"})
+CASE(folder_operand_inside_another, .setup = setup_met_twice, .args = {"-r", "s/a/b", "s/a", "o"})
+CASE(folder_operand_inside_another_L, .setup = setup_met_twice,
+     .args = {"-rL", "s/a/b", "s/a", "o"})
+CASE(cyclic_symlink_with_L, .setup = setup_met_twice, .args = {"-rL", "s", "o/new"})
+CASE(links_through_H_operands, .setup = setup_links_via_symlinks,
+     .args = {"-H", "--preserve=links", "l1", "l2", "f", "d"})
+CASE(links_through_L, .setup = setup_links_via_symlinks,
+     .args = {"-rL", "--preserve=links", "s", "d/s"})
+CASE(link_group_whose_first_name_fails, .setup = setup_links_via_symlinks,
+     .args = {"-rd", "s", "d/s"}, .nobody = true)
+CASE(fifo_through_H_onto_a_file, .setup = setup_fifo_onto_files, .args = {"-rH", "lf", "ff", "o"})
+CASE(fifo_through_L_onto_files, .setup = setup_fifo_onto_files, .args = {"-rLv", "s", "o"})
+CASE(fifo_onto_files_P, .setup = setup_fifo_onto_files, .args = {"-rv", "s", "o"})
+CASE(fifo_through_L_removing_first, .setup = setup_fifo_onto_files,
+     .args = {"-rLv", "--remove-destination", "s", "o"})
 CASE(loop_with_L, .setup = setup_loop, .args = {"-rL", "s", "o"})
 /* The destination's folder cannot be opened: cp's message names the first step that fails. */
 CASE(dest_folder_missing_dir, .setup = setup_blocked_dest, .args = {"-r", "s/sub", "nodir/o"})
@@ -1140,3 +1229,272 @@ CASE(parents_file_in_the_way, .setup = setup_parents, .args = {"--parents", "s/a
 CASE(strip_trailing_slashes, .setup = setup_parents,
      .args = {"-r", "--strip-trailing-slashes", "-v", "sl/", "s/c/", "o"})
 CASE(trailing_slash_follows_symlink, .setup = setup_parents, .args = {"-r", "-v", "sl/", "o"})
+
+/* ---- random trees, destinations and options ---- */
+
+/*
+ * Trees and command lines no case above has: each round draws a source tree
+ * (files of several sizes and modes, sparse files, hard links, symlinks
+ * that resolve, dangle or loop, fifos, folders of several modes), maybe an
+ * existing destination that overlaps it, an operand form and options, and
+ * runs the round as any case. Prints its seed: MPCP_DIFF_SEED=<n> replays
+ * the rounds (each prints its command line), MPCP_DIFF_ROUNDS=<n> sets how
+ * many.
+ */
+static uint64_t rnd_state;
+
+static uint64_t rnd(void)
+{
+    uint64_t z = (rnd_state += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+
+static unsigned pick(unsigned n)
+{
+    return (unsigned)(rnd() % n);
+}
+
+static const char *const rnd_names[] = {"a",  "b",     "c d", "-e", "f.txt",
+                                        "g~", "h.~1~", "sub", "x",  "y"};
+#define N_RND_NAMES (sizeof rnd_names / sizeof rnd_names[0])
+
+static void rnd_data(int fd)
+{
+    static char blob[70000];
+    for (size_t i = 0; i < sizeof blob; i++)
+        blob[i] = (char)('a' + (i * 7 + i / 97) % 26);
+    switch (pick(5)) {
+    case 0:
+        break;
+    case 1:
+        cr_assert_eq(write(fd, "some text\n", 10), 10);
+        break;
+    case 2:
+        cr_assert_eq(write(fd, blob, sizeof blob), (ssize_t)sizeof blob);
+        break;
+    case 3: /* data, a hole of 1 MiB, data, a hole at the end */
+        cr_assert_eq(pwrite(fd, blob, 4096, 0), 4096);
+        cr_assert_eq(pwrite(fd, blob, 4096, 1 << 20), 4096);
+        cr_assert_eq(ftruncate(fd, 2 << 20), 0);
+        break;
+    default:
+        cr_assert_eq(write(fd, blob, 4096), 4096);
+    }
+}
+
+/*
+ * setid: set-ID modes too. Not in a destination: cp -p onto an existing
+ * set-user-ID file keeps that bit with the source's permissions (rwSr--r--),
+ * mpcp gives the source's mode (MPCP.md's known differences).
+ */
+static void rnd_file(int dir, const char *name, bool setid)
+{
+    static const mode_t modes[] = {0644, 0600, 0755, 0444, 0640, 0, 04755, 02755};
+    size_t nmodes = sizeof modes / sizeof modes[0] - (setid ? 0 : 2);
+    int fd = openat(dir, name, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return;
+    rnd_data(fd);
+    must(fchmod(fd, modes[pick((unsigned)nmodes)]), "chmod", name);
+    close(fd);
+}
+
+/*
+ * A folder of 0-6 entries; top is the tree's root, seen (paths below top)
+ * its files so far, for hard links; NULL in a destination, which has no
+ * hard links (a file with a second link is replaced, not rewritten as cp
+ * does: MPCP.md's known differences, the case
+ * inplace_like_cp_with_linked_dest) and no fifos (cp and mpcp open one and
+ * write into it: both would wait for a reader).
+ */
+static void rnd_dir(int top, int dir, const char *path, int depth, char (*seen)[256], int *nseen)
+{
+    static const mode_t dir_modes[] = {0755, 0700, 0555, 01777, 0750};
+    int n = (int)pick(7);
+    for (int i = 0; i < n; i++) {
+        const char *name = rnd_names[pick(N_RND_NAMES)];
+        char rel[256];
+        snprintf(rel, sizeof rel, "%s%s%s", path, *path ? "/" : "", name);
+        struct stat st;
+        if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
+            continue;
+        unsigned kind = pick(12);
+        if (kind < 4 || (kind == 4 && depth >= 3) || (kind <= 10 && !seen)) {
+            rnd_file(dir, name, seen != NULL);
+            if (seen && *nseen < 64)
+                snprintf(seen[(*nseen)++], 256, "%s", rel);
+        } else if (kind <= 5) {
+            int sub = sub_dir(dir, name, 0755);
+            rnd_dir(top, sub, rel, depth + 1, seen, nseen);
+            must(fchmod(sub, dir_modes[pick(sizeof dir_modes / sizeof dir_modes[0])]), "chmod",
+                 name);
+            close(sub);
+        } else if (kind == 6) {
+            must(symlinkat(rnd_names[pick(N_RND_NAMES)], dir, name), "symlink", name);
+        } else if (kind == 7) {
+            static const char *const targets[] = {"../sub", "/nonexistent/x", ".", "../sub/a"};
+            must(symlinkat(targets[pick(4)], dir, name), "symlink", name);
+        } else if (kind == 8) {
+            must(symlinkat(name, dir, name), "symlink", name); /* a loop */
+        } else if (kind <= 10 && *nseen > 0) {
+            must(linkat(top, seen[pick((unsigned)*nseen)], dir, name, 0), "link", name);
+        } else if (seen) {
+            must(mkfifoat(dir, name, 0644), "mkfifo", name);
+        } else {
+            rnd_file(dir, name, false); /* cp and mpcp write into a fifo: both would wait */
+        }
+    }
+}
+
+/* What the round builds in each side (the same, from the same draws). */
+static struct {
+    uint64_t seed;
+    unsigned dest; /* 0: none, 1: an overlapping folder, 2: a file */
+} rnd_round;
+
+static void setup_random(int dir)
+{
+    static char seen[64][256];
+    int nseen = 0;
+    rnd_state = rnd_round.seed;
+    int s = sub_dir(dir, "s", 0755);
+    rnd_dir(s, s, "", 0, seen, &nseen);
+    stamp_tree(s, 1100000000 + (time_t)pick(1000));
+    close(s);
+    if (rnd_round.dest == 1) {
+        int o = sub_dir(dir, "o", 0755);
+        rnd_dir(o, o, "", 1, NULL, &nseen);
+        stamp_tree(o, 1100000000 + (time_t)pick(1000));
+        close(o);
+    } else if (rnd_round.dest == 2) {
+        put_file(dir, "o", "a file\n", 0644);
+    }
+}
+
+static const char *const rnd_bases[][2] = {
+    {"-r", NULL},
+    {"-a", NULL},
+    {"-rd", NULL},
+    {"-rL", NULL},
+    {"-rH", NULL},
+    {"-rp", NULL},
+    {"-R", "--preserve=mode,timestamps"},
+};
+static const char *const rnd_extras[] = {
+    "-n",
+    "-u",
+    "-f",
+    "--remove-destination",
+    "-b",
+    "--backup=numbered",
+    "-v",
+    "-v",
+    "--sparse=always",
+    "--sparse=never",
+    "-l",
+    "--preserve=links",
+    "-x",
+    "--no-preserve=mode",
+    "--strip-trailing-slashes",
+    "-i",
+};
+
+/*
+ * One round's command line into args (static strings or names of s). As
+ * nobody some sources cannot be read: there cp --remove-destination removes
+ * the destination before it fails to open the source, mpcp leaves it
+ * (MPCP.md's known differences), so those rounds take -f instead.
+ */
+static bool rnd_args(const char **args, int max, char (*names)[64], int nnames, bool nobody)
+{
+    int n = 0;
+    unsigned base = pick(sizeof rnd_bases / sizeof rnd_bases[0]);
+    bool times = base == 1 || base == 5 || base == 6;
+    args[n++] = rnd_bases[base][0];
+    if (rnd_bases[base][1])
+        args[n++] = rnd_bases[base][1];
+    unsigned extras = pick(3);
+    for (unsigned i = 0; i < extras; i++) {
+        args[n] = rnd_extras[pick(sizeof rnd_extras / sizeof rnd_extras[0])];
+        if (nobody && !strcmp(args[n], "--remove-destination"))
+            args[n] = "-f";
+        n++;
+    }
+    switch (pick(5)) {
+    case 0:
+        args[n++] = "s";
+        args[n++] = "o";
+        break;
+    case 1:
+        args[n++] = "s/";
+        args[n++] = "o";
+        break;
+    case 2:
+        args[n++] = "-T";
+        args[n++] = "s";
+        args[n++] = "o";
+        break;
+    case 3: /* every entry of s into o */
+        for (int i = 0; i < nnames && n < max - 2; i++)
+            args[n++] = names[i];
+        args[n++] = "o";
+        break;
+    default: /* one entry of s to a new name */
+        args[n++] = nnames ? names[pick((unsigned)nnames)] : "s";
+        args[n++] = "o2";
+    }
+    args[n] = NULL;
+    return times;
+}
+
+Test(mpcp_diff, random_trees_and_options_as_cp, .fini = remove_work, .timeout = 600)
+{
+    const char *v = getenv("MPCP_DIFF_SEED");
+    uint64_t seed = v && *v ? strtoull(v, NULL, 10) : (uint64_t)time(NULL) ^ (uint64_t)getpid();
+    v = getenv("MPCP_DIFF_ROUNDS");
+    unsigned rounds = v && *v ? (unsigned)strtoul(v, NULL, 10) : 40;
+    fprintf(stderr, "mpcp_diff random: seed %llu (replay: MPCP_DIFF_SEED=%llu), %u rounds\n",
+            (unsigned long long)seed, (unsigned long long)seed, rounds);
+    for (unsigned round = 0; round < rounds; round++) {
+        rnd_state = seed ^ (0x9e3779b97f4a7c15ull * (round + 1));
+        rnd_round.seed = rnd();
+        rnd_round.dest = pick(4) == 0 ? 0 : pick(6) == 0 ? 2 : 1;
+        bool nobody = pick(4) == 0;
+        unsigned form_draw = (unsigned)rnd();
+        /* The operands name what the source holds: build it once to list it. */
+        char probe[300];
+        int w = make_work_dir(probe, sizeof probe, "random-probe");
+        setup_random(w);
+        int s = openat(w, "s", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        size_t count = 0;
+        char **names = list_names(s, &count);
+        static char operands[16][64];
+        int nnames = 0;
+        for (size_t i = 0; i < count && nnames < 12; i++)
+            snprintf(operands[nnames++], 64, "s/%s", names[i]);
+        for (size_t i = 0; i < count; i++)
+            free(names[i]);
+        free(names);
+        close(s);
+        close(w);
+        remove_tree_at(AT_FDCWD, probe);
+        static struct diff d;
+        memset(&d, 0, sizeof d);
+        d.tag = "random";
+        d.setup = setup_random;
+        d.nobody = nobody;
+        rnd_state = form_draw;
+        d.flags = rnd_args(d.args, 15, operands, nnames, nobody) ? CMP_MTIME : 0;
+        fprintf(stderr, "round %u:%s", round, nobody ? " (as nobody)" : "");
+        for (int i = 0; d.args[i]; i++)
+            fprintf(stderr, " '%s'", d.args[i]);
+        fprintf(stderr, " (destination: %s)\n",
+                rnd_round.dest == 0   ? "none"
+                : rnd_round.dest == 1 ? "a folder"
+                                      : "a file");
+        differential(&d);
+        remove_work();
+    }
+}

@@ -1400,13 +1400,25 @@ static void exec_special(struct ectx *x)
     bool exists, through;
     if (look_at_dest(x, &d, &exists, &through) != GO)
         return;
-    if (exists && x->opt->deref == MPCP_DEREF_NEVER)
+    const char *what =
+        x->e->type == MPCP_T_FIFO ? "cannot create fifo %s" : "cannot create special file %s";
+    /*
+     * cp removes an existing file for a fifo or device only where it did
+     * not follow a symlink to reach the source (-P, or below the operands
+     * with -H), or with --remove-destination, -b or a linked destination
+     * under --preserve=links; otherwise mknod finds the name taken.
+     */
+    bool followed = x->e->flags & MPCP_E_FOLLOW;
+    if (exists && followed && !x->backup_due && !x->opt->remove_dest &&
+        !(x->opt->p_links && d.st_nlink > 1)) {
+        fail(x, EEXIST, what, dst_q(x), NULL);
+        return;
+    }
+    if (exists && !followed)
         x->r->flags |= MPCP_R_REPLACED;
     char tmp[NAME_MAX + 1];
     mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
     mode_t type = x->e->mode & S_IFMT;
-    const char *what =
-        x->e->type == MPCP_T_FIFO ? "cannot create fifo %s" : "cannot create special file %s";
     if (mknodat(x->dfd, tmp, type | 0600, (dev_t)x->e->rdev) < 0) {
         fail(x, errno, what, dst_q(x), NULL);
         return;
@@ -1748,6 +1760,14 @@ static void exec_hardlink(struct ectx *x)
         exec_reg_copy(x);
         if (x->r->status == MPCP_OK)
             warn_unlinked(x, link_q);
+        return;
+    }
+    if (rc < 0 && err == ENOENT && x->e->mode && S_ISREG(x->e->mode)) {
+        /*
+         * The first copy of the group failed (cp forgets it then): this name
+         * is copied by itself, and says why if it fails too ("cannot open").
+         */
+        exec_reg_copy(x);
         return;
     }
     if (rc < 0) {

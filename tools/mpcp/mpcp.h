@@ -503,6 +503,28 @@ void mpcp_parents_protect(struct mpcp_parents *ps, const struct mpcp_reporter *r
 int mpcp_backup_name(int dfd, const char *name, const struct mpcp_opts *opt, char *out, size_t size,
                      unsigned *how);
 
+/* ---- folders met before (dir_record.c) ---- */
+
+/* A folder cp would remember: dst names it; made: the run made it (a destination). */
+struct mpcp_dir_record {
+    dev_t dev;
+    ino_t ino;
+    char *dst; /* owned by the table; NULL in an empty slot */
+    bool made;
+};
+
+struct mpcp_dir_records {
+    struct mpcp_dir_record *v;
+    size_t n, cap; /* cap: 0 or a power of two */
+};
+
+/* The record of folder (dev, ino), or NULL. Valid until the next add. */
+const struct mpcp_dir_record *mpcp_dirs_find(const struct mpcp_dir_records *t, dev_t dev,
+                                             ino_t ino);
+/* Records it under a copy of dst, unless it is there already. Returns 0 or -ENOMEM. */
+int mpcp_dirs_add(struct mpcp_dir_records *t, dev_t dev, ino_t ino, const char *dst, bool made);
+void mpcp_dirs_free(struct mpcp_dir_records *t);
+
 /* ---- planner (walk.c) ---- */
 
 /* Copies every operand; returns the exit status. */

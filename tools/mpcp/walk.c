@@ -117,6 +117,8 @@ struct planner {
     size_t n_anc, cap_anc;
     struct link_slot *links;
     size_t n_links, cap_links;
+    struct mpcp_dir_records dirs;  /* folders met before (dir_record.c) */
+    const char *top_src, *top_dst; /* the operand being copied, as typed (for "into itself") */
     /* Top-level destinations this run made in a target folder (cp's "just-created" check). */
     struct made {
         dev_t ddev, sdev;
@@ -144,6 +146,8 @@ struct planner {
     uint32_t batch_entries; /* a batch is flushed at this many entries */
     uint32_t ops_root;      /* with ops_open: the operands' root */
     bool stop;
+    bool into_self;      /* the walk met the operand's own destination: the rest is skipped */
+    bool first_dir_made; /* the operand's first new folder is recorded */
     bool track_made;
     bool slow;       /* slow storage (mpcp_slow_fs): small batches */
     bool adaptive;   /* slow and no -j: the window follows the throughput */
@@ -869,7 +873,13 @@ static void plan_links(struct planner *p, struct mpcp_entry *e, const struct sta
                        char **to_free)
 {
     *to_free = NULL;
-    if (!p->opt->p_links || S_ISDIR(st->st_mode) || st->st_nlink < 2)
+    /*
+     * Through followed symlinks two names can reach one inode of one link:
+     * cp then tracks every file (-L), or every operand (-H).
+     */
+    bool followed = p->opt->deref == MPCP_DEREF_ALWAYS ||
+                    ((p->batch_top || p->ops_open) && p->opt->deref == MPCP_DEREF_CMDLINE);
+    if (!p->opt->p_links || S_ISDIR(st->st_mode) || (st->st_nlink < 2 && !followed))
         return;
     /*
      * cp -l links every name to the source itself; cp -s where it refuses
@@ -1712,16 +1722,45 @@ static void read_contents(struct planner *p, struct frame *f, bool top)
         say(p, -rc, "cannot access %s", p->src_disp.s, NULL);
 }
 
-static bool cyclic(struct planner *p, int sparent, const char *sname, const struct stat *sst)
+/* A folder that is its own ancestor (through a symlink with -L, or a bind mount), as cp says it. */
+static bool cyclic(struct planner *p, const struct stat *sst)
 {
     if (!is_ancestor(p, sst))
         return false;
-    struct stat l;
-    if (fstatat(sparent, sname, &l, AT_SYMLINK_NOFOLLOW) == 0 && S_ISLNK(l.st_mode))
-        say(p, 0, "cannot copy cyclic symbolic link %s", p->src_disp.s, NULL);
-    else
-        say(p, ELOOP, "cannot copy %s", p->src_disp.s, NULL);
+    say(p, 0, "cannot copy cyclic symbolic link %s", p->src_disp.s, NULL);
     return true;
+}
+
+/*
+ * A folder below the top met before (dir_record.c): the operand's own new
+ * destination reached through a symlink ends the operand, as in cp; a
+ * source folder met again is copied again with -L, refused otherwise.
+ */
+static bool met_before(struct planner *p, const struct stat *sst)
+{
+    const struct mpcp_dir_record *r = mpcp_dirs_find(&p->dirs, sst->st_dev, sst->st_ino);
+    if (!r)
+        return false;
+    if (r->made) {
+        say(p, 0, "cannot copy a directory, %s, into itself, %s", p->top_src, p->top_dst);
+        p->into_self = true;
+        return true;
+    }
+    if (p->opt->deref == MPCP_DEREF_ALWAYS)
+        return false;
+    say(p, 0, "will not create hard link %s to directory %s", p->dst_disp.s, r->dst);
+    return true;
+}
+
+/* cp remembers the first folder it makes for an operand, to see it if the walk comes to it. */
+static void record_first_dir(struct planner *p, const struct dir_state *ds)
+{
+    struct stat d;
+    if (p->first_dir_made || fstat(ds->dfd, &d) < 0)
+        return;
+    p->first_dir_made = true;
+    if (mpcp_dirs_add(&p->dirs, d.st_dev, d.st_ino, p->dst_disp.s, true) < 0)
+        say(p, ENOMEM, "cannot copy %s", p->src_disp.s, NULL);
 }
 
 /*
@@ -1731,7 +1770,7 @@ static bool cyclic(struct planner *p, int sparent, const char *sname, const stru
 static bool enter_dir(struct planner *p, int sparent, const char *sname, int dparent,
                       const char *dname, bool top, struct frame *f)
 {
-    if (cyclic(p, sparent, sname, &f->sst))
+    if ((!top && met_before(p, &f->sst)) || cyclic(p, &f->sst))
         return false;
     struct dir_state ds = {-1, -1, true, false, 0, 0};
     bool dry = p->opt->dry_run;
@@ -1739,10 +1778,12 @@ static bool enter_dir(struct planner *p, int sparent, const char *sname, int dpa
         return false;
     if (ds.new_dst && (p->opt->verbose || dry) && !p->opt->quiet)
         print_verbose(p, p->src_disp.s, p->dst_disp.s);
-    if (ds.new_dst)
+    if (ds.new_dst) {
         p->st.dirs++;
-    else
+        record_first_dir(p, &ds);
+    } else {
         remove_stale(ds.dfd);
+    }
     bool follow = p->opt->deref == MPCP_DEREF_ALWAYS || (top && p->opt->deref != MPCP_DEREF_NEVER);
     ds.sfd = open_folder(p, sparent, sname, follow ? 0 : O_NOFOLLOW);
     if (ds.sfd < 0)
@@ -1874,7 +1915,7 @@ static void copy_tree(struct planner *p, int sparent, const char *sname, int dpa
         n = 1;
     while (n > 0) {
         struct frame *f = &stack[n - 1];
-        if (p->stop || mpcp_interrupted || f->next >= f->subdirs.len) {
+        if (p->stop || p->into_self || mpcp_interrupted || f->next >= f->subdirs.len) {
             leave_dir(p, f);
             restore_paths(p, f->saved);
             n--;
@@ -2110,6 +2151,14 @@ static void copy_operand_as(struct planner *p, const struct operand *o, const st
         return;
     }
     p->root_dev = st.st_dev;
+    p->top_src = o->src_arg;
+    p->top_dst = o->dst_disp;
+    p->into_self = false;
+    p->first_dir_made = false;
+    if (mpcp_dirs_add(&p->dirs, st.st_dev, st.st_ino, o->dst_disp, false) < 0) {
+        say(p, ENOMEM, "cannot copy %s", o->src_arg, NULL);
+        return;
+    }
     copy_tree(p, o->sparent, o->sbase, o->dparent, o->dbase, &st);
 }
 
@@ -2695,6 +2744,7 @@ static void free_planner(struct planner *p)
     free(p->links);
     free(p->made);
     free(p->anc);
+    mpcp_dirs_free(&p->dirs);
     free(p->src_rel.s);
     free(p->dst_rel.s);
     free(p->src_disp.s);
