@@ -54,10 +54,20 @@ static void as_cp(char *text)
     *w = '\0';
 }
 
+/* -i's prompts end without a newline (the answer would follow): one line each, to sort. */
+static void split_prompts(char *text)
+{
+    for (char *q = strstr(text, "? "); q; q = strstr(q + 1, "? "))
+        if (q[2] == '\0' || !strncmp(q + 2, "cp: ", 4))
+            q[1] = '\n';
+}
+
 /* Same error lines, in any order: "cp: X" must match "mpcp: X". */
 static void compare_stderr(char *cp_err, char *mp_err)
 {
     as_cp(mp_err);
+    split_prompts(cp_err);
+    split_prompts(mp_err);
     size_t nc, nm;
     char **c = split_lines(cp_err, &nc), **m = split_lines(mp_err, &nm);
     cr_assert_eq(nc, nm, "error lines: cp %zu, mpcp %zu\ncp:\n%s\nmpcp:\n%s", nc, nm, cp_err,
@@ -863,6 +873,9 @@ CASE(overwrite_T, .setup = setup_existing, .args = {"-rT", "s", "o"})
 CASE(archive_overwrite_T, .setup = setup_existing, .args = {"-aT", "s", "o"}, .flags = CMP_MTIME)
 CASE(no_clobber, .setup = setup_existing, .args = {"-rnT", "s", "o"})
 CASE(update_older, .setup = setup_existing, .args = {"-ruT", "s", "o"})
+CASE(update_skips_before_asking, .setup = setup_existing, .args = {"-riuT", "s", "o"})
+CASE(no_clobber_wins_over_update_after, .setup = setup_existing, .args = {"-rnuT", "s", "o"})
+CASE(no_clobber_wins_over_update_before, .setup = setup_existing, .args = {"-ruT", "-n", "s", "o"})
 CASE(update_none_is_n, .setup = setup_existing, .args = {"-rnT", "s", "o"},
      .mp_args = {"-rT", "--update=none", "s", "o"})
 CASE(update_older_is_u, .setup = setup_existing, .args = {"-a", "-uT", "s", "o"},

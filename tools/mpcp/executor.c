@@ -479,6 +479,11 @@ static int check_existing(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_entry *e = x->e;
     const struct mpcp_opts *opt = x->opt;
+    /* cp's order: -u first (a newer destination is never asked about), then -i, then the type. */
+    if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(e, d)) {
+        skip(x);
+        return STOP_HERE;
+    }
     if (refused_by_user(x, d))
         return STOP_HERE;
     if (S_ISDIR(d->st_mode)) {
@@ -487,10 +492,6 @@ static int check_existing(struct ectx *x, const struct stat *d)
     }
     if (refused_by_update(x))
         return STOP_HERE;
-    if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(e, d)) {
-        skip(x);
-        return STOP_HERE;
-    }
     if (e->type != MPCP_T_REG)
         return GO;
     if (d->st_dev == e->dev && d->st_ino == e->ino && !other_name_ok(x)) {
@@ -1203,20 +1204,26 @@ static void exec_reg(struct ectx *x)
 {
     struct stat d;
     bool exists, through, forced_new;
-    if (look_at_dest(x, &d, &exists, &through) != GO ||
-        writable_check(x, exists, &d, &forced_new) != GO)
+    if (look_at_dest(x, &d, &exists, &through) != GO)
         return;
+    /* cp opens the source before the destination: an unreadable source is what it reports. */
+    int sfd = open_source(x);
+    if (sfd < 0)
+        return;
+    if (writable_check(x, exists, &d, &forced_new) != GO) {
+        close_source(sfd);
+        return;
+    }
     /* Backed up or removed first, the old file leaves: the new one is a new file, as with cp. */
     bool renew = forced_new || (exists && (x->backup_due || x->opt->remove_dest));
-    if (renew && x->opt->inplace && clear_in_place(x) < 0)
+    if (renew && x->opt->inplace && clear_in_place(x) < 0) {
+        close_source(sfd);
         return;
+    }
     if (renew)
         exists = false;
     if (forced_new)
         x->r->flags |= MPCP_R_REPLACED; /* cp -f removed it: -v says so */
-    int sfd = open_source(x);
-    if (sfd < 0)
-        return;
     if (exists && !through && x->opt->p_links && d.st_nlink > 1)
         x->r->flags |= MPCP_R_REPLACED;
     char tmp[NAME_MAX + 1];

@@ -405,7 +405,8 @@ static int parse_long(struct mpcp_opts *opt, int c, const char *arg)
         return parse_enum(&opt->sparse, arg, "--sparse", sparse_words);
     case OPT_UPDATE:
         if (!arg) {
-            opt->update = MPCP_UPDATE_OLDER;
+            if (!backup_args.no_clobber) /* as -u */
+                opt->update = MPCP_UPDATE_OLDER;
             return -1;
         }
         return parse_enum(&opt->update, arg, "--update", update_words);
@@ -525,7 +526,9 @@ static int parse_short(struct mpcp_opts *opt, int c, const char *arg)
         opt->no_target_dir = true;
         return -1;
     case 'u':
-        opt->update = MPCP_UPDATE_OLDER;
+        /* cp 9.1: -n skips every existing file, with -u given before or after it */
+        if (!backup_args.no_clobber)
+            opt->update = MPCP_UPDATE_OLDER;
         return -1;
     case 'v':
         opt->verbose = true;
