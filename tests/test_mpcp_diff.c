@@ -793,6 +793,13 @@ CASE(same_file, .setup = setup_files, .args = {"f", "f"})
 CASE(same_file_hardlink, .setup = setup_files, .args = {"f", "h"})
 CASE(same_file_via_symlink, .setup = setup_files, .args = {"t", "tlink"})
 CASE(dangling_dest, .setup = setup_files, .args = {"f", "dangling"})
+/* -d: a symlink onto the file it points to is refused, unless a backup keeps the file. */
+CASE(symlink_onto_its_target, .setup = setup_files, .args = {"-d", "tlink", "t"})
+CASE(symlink_onto_its_target_force, .setup = setup_files, .args = {"-df", "tlink", "t"})
+CASE(symlink_onto_its_target_remove, .setup = setup_files,
+     .args = {"-d", "--remove-destination", "tlink", "t"})
+CASE(symlink_onto_its_target_backup, .setup = setup_files, .args = {"-bdv", "tlink", "t"})
+CASE(symlink_onto_its_target_no_clobber, .setup = setup_files, .args = {"-dn", "tlink", "t"})
 CASE(write_through_symlink, .setup = setup_files, .args = {"f", "tlink"})
 CASE(write_through_symlink_as_nobody, .setup = setup_own_link, .args = {"f", "tlink"},
      .nobody = true)

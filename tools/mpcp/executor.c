@@ -475,10 +475,35 @@ static bool is_special(mode_t mode)
     return S_ISFIFO(mode) || S_ISCHR(mode) || S_ISBLK(mode) || S_ISSOCK(mode);
 }
 
+static bool source_points_to(struct ectx *x, const struct stat *d);
+
+/*
+ * -P: a symlink copied onto the file it points to would replace that file
+ * with a link to itself, and cp refuses, as "the same file", before it
+ * asks or checks anything else (-n skips the check). A backup keeps the
+ * file, so -b goes ahead; so does a destination that is a symlink itself,
+ * which is replaced. Not under -H: cp compares the inodes as they are then.
+ */
+static bool symlink_onto_target(struct ectx *x, const struct stat *d)
+{
+    const struct mpcp_opts *opt = x->opt;
+    if (x->e->type != MPCP_T_LNK || opt->deref != MPCP_DEREF_NEVER)
+        return false;
+    if (opt->update == MPCP_UPDATE_NONE || opt->update == MPCP_UPDATE_NONE_FAIL)
+        return false;
+    if (opt->backup != MPCP_BACKUP_NONE || S_ISLNK(d->st_mode))
+        return false;
+    return source_points_to(x, d);
+}
+
 static int check_existing(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_entry *e = x->e;
     const struct mpcp_opts *opt = x->opt;
+    if (symlink_onto_target(x, d)) {
+        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
+        return STOP_HERE;
+    }
     if (refused_by_user(x, d))
         return STOP_HERE;
     if (S_ISDIR(d->st_mode)) {
