@@ -104,8 +104,8 @@ struct diff {
     bool abs;
     /*
      * "NAME=value" in the environment of both runs (VERSION_CONTROL,
-     * SIMPLE_BACKUP_SUFFIX); those two are unset otherwise, so that the
-     * caller's own do not change a case.
+     * SIMPLE_BACKUP_SUFFIX, POSIXLY_CORRECT); those are unset otherwise, so
+     * that the caller's own do not change a case.
      */
     const char *env;
 };
@@ -160,11 +160,12 @@ static void name_side(char *text, const char *side)
     *w = '\0';
 }
 
-/* The backup variables come from the case alone (see diff.env). */
+/* The variables cp reads come from the case alone (see diff.env). */
 static void set_case_env(const char *env)
 {
     unsetenv("VERSION_CONTROL");
     unsetenv("SIMPLE_BACKUP_SUFFIX");
+    unsetenv("POSIXLY_CORRECT");
     if (!env)
         return;
     char name[64];
@@ -793,6 +794,13 @@ CASE(same_file, .setup = setup_files, .args = {"f", "f"})
 CASE(same_file_hardlink, .setup = setup_files, .args = {"f", "h"})
 CASE(same_file_via_symlink, .setup = setup_files, .args = {"t", "tlink"})
 CASE(dangling_dest, .setup = setup_files, .args = {"f", "dangling"})
+/* cp will not write through a dangling symlink, -f or not, unless POSIXLY_CORRECT. */
+CASE(dangling_dest_force, .setup = setup_files, .args = {"-fv", "f", "dangling"})
+CASE(dangling_dest_posix, .setup = setup_files, .args = {"-v", "f", "dangling"},
+     .env = "POSIXLY_CORRECT=1")
+/* A symlink loop cannot be stated: -f removes it and a new file (its own mode) takes the name. */
+CASE(loop_dest, .setup = setup_types, .args = {"s/a", "s/loop"})
+CASE(loop_dest_force, .setup = setup_types, .args = {"-fv", "s/a", "s/loop"})
 /* -d: a symlink onto the file it points to is refused, unless a backup keeps the file. */
 CASE(symlink_onto_its_target, .setup = setup_files, .args = {"-d", "tlink", "t"})
 CASE(symlink_onto_its_target_force, .setup = setup_files, .args = {"-df", "tlink", "t"})

@@ -326,6 +326,7 @@ struct ectx {
     char backup[NAME_MAX + 1];
     char through[PATH_MAX]; /* the text of the destination symlink written through */
     bool special_dest;      /* the destination is an existing fifo or device, written into */
+    bool through_new;       /* ...a dangling symlink: the new file is made through it */
     struct mpcp_result_entry *r;
     char src_q[PATH_MAX * 2], dst_q[PATH_MAX * 2];
     char msg[PATH_MAX * 5];
@@ -392,7 +393,8 @@ static bool dst_newer_or_same(const struct mpcp_entry *e, const struct stat *d)
     return d->st_mtim.tv_nsec >= (long)e->mtime_nsec;
 }
 
-enum { GO, STOP_HERE, THROUGH_LINK };
+/* GONE: the destination was removed (a new file takes the name). */
+enum { GO, STOP_HERE, THROUGH_LINK, GONE };
 
 static bool same_name(struct ectx *x);
 
@@ -496,6 +498,40 @@ static bool symlink_onto_target(struct ectx *x, const struct stat *d)
     return source_points_to(x, d);
 }
 
+/*
+ * A destination symlink that cp would write through but whose target
+ * cannot be stated (err). Dangling: where the new file would land is
+ * decided by a resolution that a swap can race, so cp refuses, -f or not;
+ * POSIXLY_CORRECT asks for the old behaviour, a new file made through the
+ * link. A loop is a file that cannot be opened: -f removes it and a new
+ * file takes the name. Anything else is cp's "cannot stat". Returns
+ * STOP_HERE (recorded), GONE or THROUGH_LINK (x->through_new).
+ */
+static int unresolved_link(struct ectx *x, int err)
+{
+    if (err == ELOOP && x->opt->force) {
+        if (unlinkat(x->dfd, x->e->dst_name, 0) < 0 && errno != ENOENT) {
+            fail(x, errno, "cannot remove %s", dst_q(x), NULL);
+            return STOP_HERE;
+        }
+        x->r->flags |= MPCP_R_REPLACED;
+        return GONE;
+    }
+    if (err != ENOENT) {
+        fail(x, err, "cannot stat %s", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    if (!getenv("POSIXLY_CORRECT")) {
+        x->r->flags |= MPCP_R_ATTEMPTED;
+        fail(x, 0, "not writing through dangling symlink %s", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    if (pin_link(x) < 0)
+        return STOP_HERE;
+    x->through_new = true;
+    return THROUGH_LINK;
+}
+
 static int check_existing(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_entry *e = x->e;
@@ -530,13 +566,8 @@ static int check_existing(struct ectx *x, const struct stat *d)
     if (!S_ISLNK(d->st_mode) || replaces_name(opt))
         return GO;
     struct stat t;
-    if (fstatat(x->dfd, e->dst_name, &t, 0) < 0) {
-        if (opt->force && unlinkat(x->dfd, e->dst_name, 0) == 0)
-            return GO;
-        x->r->flags |= MPCP_R_ATTEMPTED;
-        fail(x, 0, "not writing through dangling symlink %s", dst_q(x), NULL);
-        return STOP_HERE;
-    }
+    if (fstatat(x->dfd, e->dst_name, &t, 0) < 0)
+        return unresolved_link(x, errno);
     if (t.st_dev == e->dev && t.st_ino == e->ino) {
         fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
         return STOP_HERE;
@@ -610,7 +641,12 @@ static int look_at_dest(struct ectx *x, struct stat *d, bool *exists, bool *thro
     int rc = check_existing(x, d);
     if (rc == THROUGH_LINK) {
         *through = true;
+        *exists = !x->through_new;
         rc = GO;
+    }
+    if (rc == GONE) {
+        *exists = false;
+        return GO;
     }
     if (rc == GO && replaces_name(x->opt) && !removable(x, d))
         return STOP_HERE;
@@ -1114,6 +1150,8 @@ static int open_dest_once(struct ectx *x, int sfd, bool exists, bool through, ch
                      : openat(x->dfd, x->e->dst_name, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
     } else if (through && x->special_dest) {
         fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+    } else if (through && x->through_new) {
+        fd = openat(x->dfd, x->through, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0600);
     } else if (through) {
         fd = openat(x->dfd, x->through, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
     } else if (x->opt->inplace && exists) {
@@ -1259,7 +1297,7 @@ static void exec_reg(struct ectx *x)
         rc = mpcp_copy_data(x->opt, sfd, fd, x->ddev, (off_t)x->e->size, (blkcnt_t)x->e->blocks,
                             &copied, &side);
     x->r->bytes = copied;
-    bool created = tmp[0] || x->anon || (x->opt->inplace && !exists);
+    bool created = tmp[0] || x->anon || (x->opt->inplace && !exists) || x->through_new;
     if (rc < 0)
         data_failed(x, -rc, side);
     else
@@ -1902,6 +1940,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         x->xattrs = -1;
         x->backup_due = false;
         x->special_dest = false;
+        x->through_new = false;
         x->backup[0] = '\0';
         x->r = &r;
         x->src_q[0] = x->dst_q[0] = '\0';
