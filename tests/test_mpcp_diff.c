@@ -377,6 +377,15 @@ static void setup_files(int dir)
     stamp_tree(dir, 1300000000);
 }
 
+/* A file and its simple backup. */
+static void setup_with_backup(int dir)
+{
+    put_file(dir, "a", "a\n", 0644);
+    put_file(dir, "a~", "a-tilde\n", 0644);
+    put_file(dir, "a.bak", "a-bak\n", 0644);
+    stamp_tree(dir, 1300000000);
+}
+
 /*
  * A destination folder of ours (root's, 0755) holding a symlink of another
  * user: no one else can have put it there, so mpcp writes through it as cp.
@@ -1013,6 +1022,15 @@ CASE(backup_of_a_dangling_symlink, .setup = setup_files, .args = {"-bv", "f", "d
 CASE(backup_other_name_of_source, .setup = setup_files, .args = {"-bv", "f", "h"})
 CASE(backup_same_name_refused, .setup = setup_files, .args = {"-bv", "f", "f"})
 CASE(backup_force_same_name_copies, .setup = setup_files, .args = {"-fbv", "f", "f"})
+/* A simple backup that would take the source's name is refused; a numbered one is not. */
+CASE(backup_would_destroy_source, .setup = setup_with_backup,
+     .args = {"--backup=simple", "a~", "a"})
+CASE(backup_existing_would_destroy_source, .setup = setup_with_backup, .args = {"-bv", "a~", "a"})
+CASE(backup_suffix_would_destroy_source, .setup = setup_with_backup,
+     .args = {"-v", "-S", ".bak", "a.bak", "a"})
+CASE(backup_link_would_destroy_source, .setup = setup_with_backup, .args = {"-blv", "a~", "a"})
+CASE(backup_numbered_keeps_source, .setup = setup_with_backup,
+     .args = {"-v", "--backup=numbered", "a~", "a"})
 CASE(backup_force_same_name_numbered, .setup = setup_files,
      .args = {"-fv", "--backup=t", "tlink", "tlink"})
 CASE(backup_long_names, .setup = setup_backup_long_names,

@@ -621,6 +621,31 @@ static bool removable(struct ectx *x, const struct stat *d)
     return false;
 }
 
+/*
+ * A simple backup of the destination that would take the source's own
+ * name (cp --backup=simple a~ a): backing up would replace the source, so
+ * cp refuses to copy. Numbered backups cannot clash so; a source named
+ * "." or ".." is never a backup's name. Records the refusal.
+ */
+static bool backup_is_source(struct ectx *x)
+{
+    const struct mpcp_opts *opt = x->opt;
+    if (opt->backup == MPCP_BACKUP_NONE || opt->backup == MPCP_BACKUP_NUMBERED)
+        return false;
+    const char *src = x->e->name, *dst = x->e->dst_name;
+    size_t n = strlen(dst);
+    if (!strcmp(src, ".") || !strcmp(src, "..") || strncmp(src, dst, n) != 0 ||
+        strcmp(src + n, opt->suffix) != 0)
+        return false;
+    char name[NAME_MAX + 2];
+    struct stat b;
+    if ((size_t)snprintf(name, sizeof name, "%s%s", dst, opt->suffix) >= sizeof name ||
+        fstatat(x->dfd, name, &b, 0) < 0 || b.st_dev != x->e->dev || b.st_ino != x->e->ino)
+        return false;
+    fail(x, 0, "backing up %s might destroy source;  %s not copied", dst_q(x), src_q(x));
+    return true;
+}
+
 /* Stats the destination unless its folder is new. *exists tells. Returns GO or STOP_HERE. */
 static int look_at_dest(struct ectx *x, struct stat *d, bool *exists, bool *through)
 {
@@ -648,6 +673,8 @@ static int look_at_dest(struct ectx *x, struct stat *d, bool *exists, bool *thro
         *exists = false;
         return GO;
     }
+    if (rc == GO && backup_is_source(x))
+        return STOP_HERE;
     if (rc == GO && replaces_name(x->opt) && !removable(x, d))
         return STOP_HERE;
     if (rc == GO) {
@@ -1572,7 +1599,7 @@ static int look_at_link_dest(struct ectx *x, struct stat *d, bool *exists)
             return STOP_HERE;
         }
     }
-    if (*exists && check_link_dest(x, d) != GO)
+    if (*exists && (check_link_dest(x, d) != GO || backup_is_source(x)))
         return STOP_HERE;
     x->r->flags |= MPCP_R_ATTEMPTED;
     return GO;
