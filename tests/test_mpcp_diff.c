@@ -506,6 +506,24 @@ static void setup_twice(int dir)
     close(s2);
 }
 
+/* A symlink and a file of one name in two folders (coreutils' tests/cp/abuse.sh); t is made by
+ * setup_abuse_target. */
+static void setup_abuse(int dir)
+{
+    int a = sub_dir(dir, "a", 0755), b = sub_dir(dir, "b", 0755);
+    must(symlinkat("../t", a, "1"), "symlink", "a/1");
+    put_file(b, "1", "payload\n", 0644);
+    close(sub_dir(dir, "c", 0755));
+    close(a);
+    close(b);
+}
+
+static void setup_abuse_target(int dir)
+{
+    setup_abuse(dir);
+    put_file(dir, "t", "i\n", 0644);
+}
+
 static void setup_readonly_dest(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -866,6 +884,19 @@ CASE(inplace_like_cp_with_linked_dest, .setup = setup_replace, .args = {"-T", "s
 CASE(same_source_twice, .setup = setup_twice, .args = {"-rv", "s1/x", "s1/x", "s1/d", "s1/d", "o"})
 CASE(same_basename_twice, .setup = setup_twice,
      .args = {"-rv", "s1/x", "s2/x", "s1/d", "s2/d", "o"})
+/* No copy through a symlink an earlier operand made, where it leads nowhere or elsewhere. */
+CASE(through_made_symlink_dangling, .setup = setup_abuse, .args = {"-dR", "a/1", "b/1", "c"})
+CASE(through_made_symlink_existing, .setup = setup_abuse_target,
+     .args = {"-dRv", "a/1", "b/1", "c"})
+CASE(through_made_symlink_no_clobber, .setup = setup_abuse_target,
+     .args = {"-dRn", "a/1", "b/1", "c"})
+CASE(through_made_symlink_backup, .setup = setup_abuse_target, .args = {"-dRbv", "a/1", "b/1", "c"})
+/* Numbered backups keep both; the same source again is backed up, not warned about. */
+CASE(same_basename_twice_numbered, .setup = setup_twice,
+     .args = {"-v", "--backup=numbered", "s1/x", "s2/x", "o"})
+CASE(same_source_twice_backup, .setup = setup_twice, .args = {"-bv", "s1/x", "s1/x", "o"})
+CASE(same_source_twice_numbered, .setup = setup_twice,
+     .args = {"-v", "--backup=numbered", "s1/x", "s1/x", "o"})
 CASE(readonly_dest_as_nobody, .setup = setup_readonly_dest, .args = {"-rT", "s", "o"},
      .nobody = true)
 CASE(readonly_dest_force_as_nobody, .setup = setup_readonly_dest, .args = {"-rfT", "s", "o"},
