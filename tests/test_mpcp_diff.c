@@ -524,6 +524,17 @@ static void setup_abuse_target(int dir)
     put_file(dir, "t", "i\n", 0644);
 }
 
+/* A symlink into a folder its user may not search (coreutils' tests/cp/fail-perm.sh). */
+static void setup_unsearchable_link(int dir)
+{
+    put_file(dir, "F", "f\n", 0644);
+    int d = sub_dir(dir, "D", 0755);
+    close(sub_dir(d, "D", 0755));
+    must(fchmod(d, 0), "chmod", "D");
+    close(d);
+    must(symlinkat("D/D", dir, "symlink"), "symlink", "symlink");
+}
+
 static void setup_readonly_dest(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -899,6 +910,13 @@ CASE(same_source_twice_numbered, .setup = setup_twice,
      .args = {"-v", "--backup=numbered", "s1/x", "s1/x", "o"})
 CASE(readonly_dest_as_nobody, .setup = setup_readonly_dest, .args = {"-rT", "s", "o"},
      .nobody = true)
+/* A destination symlink whose target cannot be stated is no dangling one: "cannot stat". */
+CASE(unsearchable_link_dest_as_nobody, .setup = setup_unsearchable_link, .args = {"F", "symlink"},
+     .nobody = true)
+CASE(unsearchable_link_dest_T_as_nobody, .setup = setup_unsearchable_link,
+     .args = {"-T", "F", "symlink"}, .nobody = true)
+CASE(unsearchable_link_target_dir_as_nobody, .setup = setup_unsearchable_link,
+     .args = {"-t", "symlink", "F"}, .nobody = true)
 CASE(readonly_dest_force_as_nobody, .setup = setup_readonly_dest, .args = {"-rfT", "s", "o"},
      .nobody = true)
 CASE(one_file_system, .setup = setup_mount, .cleanup = unmount, .args = {"-ax", "s", "o"},
