@@ -535,6 +535,18 @@ static void setup_unsearchable_link(int dir)
     must(symlinkat("D/D", dir, "symlink"), "symlink", "symlink");
 }
 
+/* coreutils' tests/cp/attr-existing.sh: an existing file (hard-linked) and other kinds of sources.
+ */
+static void setup_attr_existing(int dir)
+{
+    put_file(dir, "file1", "1", 0644);
+    put_file(dir, "file2", "2", 0640);
+    must(linkat(dir, "file2", dir, "link2", 0), "link", "link2");
+    must(symlinkat("file1", dir, "sym1"), "symlink", "sym1");
+    must(mkfifoat(dir, "ff", 0600), "mkfifo", "ff");
+    stamp_tree(dir, 1300000000);
+}
+
 static void setup_readonly_dest(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -1046,6 +1058,23 @@ CASE(link_archive_all_types_worker_path, .setup = setup_types, .args = {"-alv", 
 CASE(symlink_archive_abs_worker_path, .setup = setup_types,
      .args = {"-asv", "--no-preserve=links", "@/s", "o"}, .flags = CMP_MTIME, .abs = true,
      .resolve = true)
+
+/* --attributes-only onto an existing file: no data copied, so nothing removed to make room. */
+CASE(attributes_only_existing, .setup = setup_attr_existing,
+     .args = {"--attributes-only", "file1", "file2"})
+CASE(attributes_only_existing_linked, .setup = setup_attr_existing,
+     .args = {"-a", "--attributes-only", "file1", "file2"}, .flags = CMP_MTIME)
+CASE(attributes_only_symlink_onto_file, .setup = setup_attr_existing,
+     .args = {"-av", "--attributes-only", "sym1", "file2"}, .flags = CMP_MTIME)
+CASE(attributes_only_symlink_onto_file_force, .setup = setup_attr_existing,
+     .args = {"-afv", "--attributes-only", "sym1", "file2"}, .flags = CMP_MTIME)
+CASE(attributes_only_symlink_remove_destination, .setup = setup_attr_existing,
+     .args = {"-av", "--remove-destination", "--attributes-only", "sym1", "file2"},
+     .flags = CMP_MTIME)
+CASE(attributes_only_symlink_backup, .setup = setup_attr_existing,
+     .args = {"-abv", "--attributes-only", "sym1", "file2"}, .flags = CMP_MTIME)
+CASE(attributes_only_fifo_onto_file, .setup = setup_attr_existing,
+     .args = {"-afv", "--attributes-only", "ff", "file2"}, .flags = CMP_MTIME)
 
 /* -b, --backup, -S, --remove-destination. */
 CASE(backup_recursive, .setup = setup_backups, .args = {"-rbvT", "s", "o"})

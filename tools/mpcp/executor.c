@@ -1457,16 +1457,38 @@ static char *read_link(struct ectx *x)
     }
 }
 
+/*
+ * --attributes-only copies no data, so cp removes no existing destination
+ * to make room for a symlink, fifo or device (a hard-linked or regular file
+ * there keeps its data): making the node fails with EEXIST, as it does
+ * with cp, unless -f lets a symlink replace it. --remove-destination and
+ * -b move the old file aside first. Records the failure (what: cp's
+ * message).
+ */
+static bool kept_by_attributes_only(struct ectx *x, bool exists, const char *what)
+{
+    const struct mpcp_opts *opt = x->opt;
+    if (!exists || !opt->attributes_only || replaces_name(opt))
+        return false;
+    if (x->e->type == MPCP_T_LNK && opt->force)
+        return false;
+    fail(x, EEXIST, what, dst_q(x), NULL);
+    return true;
+}
+
 static void exec_symlink(struct ectx *x)
 {
     struct stat d;
     bool exists, through;
-    if (look_at_dest(x, &d, &exists, &through) != GO)
+    if (look_at_dest(x, &d, &exists, &through) != GO ||
+        kept_by_attributes_only(x, exists, "cannot create symbolic link %s"))
         return;
     char *target = read_link(x);
     if (!target)
         return;
-    if (exists && x->opt->deref == MPCP_DEREF_NEVER)
+    /* cp removes the old file first (-v says so), but under --attributes-only -f replaces it. */
+    if (exists && x->opt->deref == MPCP_DEREF_NEVER &&
+        (!x->opt->attributes_only || replaces_name(x->opt)))
         x->r->flags |= MPCP_R_REPLACED;
     char tmp[NAME_MAX + 1];
     mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
@@ -1488,15 +1510,15 @@ static void exec_special(struct ectx *x)
 {
     struct stat d;
     bool exists, through;
-    if (look_at_dest(x, &d, &exists, &through) != GO)
+    const char *what =
+        x->e->type == MPCP_T_FIFO ? "cannot create fifo %s" : "cannot create special file %s";
+    if (look_at_dest(x, &d, &exists, &through) != GO || kept_by_attributes_only(x, exists, what))
         return;
     if (exists && x->opt->deref == MPCP_DEREF_NEVER)
         x->r->flags |= MPCP_R_REPLACED;
     char tmp[NAME_MAX + 1];
     mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
     mode_t type = x->e->mode & S_IFMT;
-    const char *what =
-        x->e->type == MPCP_T_FIFO ? "cannot create fifo %s" : "cannot create special file %s";
     if (mknodat(x->dfd, tmp, type | 0600, (dev_t)x->e->rdev) < 0) {
         fail(x, errno, what, dst_q(x), NULL);
         return;
