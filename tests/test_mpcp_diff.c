@@ -547,6 +547,32 @@ static void setup_attr_existing(int dir)
     stamp_tree(dir, 1300000000);
 }
 
+/*
+ * coreutils' tests/cp/preserve-link.sh: five names of one file, copied
+ * with -au onto a tree holding some of them, older, as old and linked.
+ * Whichever name either walk meets first, the result is the same.
+ */
+static void setup_update_links(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    put_file(s, "f", "", 0644);
+    static const char *const names[] = {"linkm", "linke", "fileo", "fileu"};
+    for (int i = 0; i < 4; i++)
+        must(linkat(s, "f", s, names[i], 0), "link", names[i]);
+    set_mtime(s, "f", 1300000000, 0);
+    int t = sub_dir(dir, "t", 0755), ts = sub_dir(t, "s", 0755);
+    put_file(ts, "f", "", 0644);
+    must(linkat(ts, "f", ts, "linke", 0), "link", "linke");
+    set_mtime(ts, "f", 1300000000, 0);
+    put_file(ts, "fileo", "", 0644);
+    set_mtime(ts, "fileo", 1200000000, 0);
+    put_file(ts, "fileu", "", 0644);
+    set_mtime(ts, "fileu", 1300000000, 0);
+    close(ts);
+    close(t);
+    close(s);
+}
+
 static void setup_readonly_dest(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -832,6 +858,9 @@ CASE(overwrite_T, .setup = setup_existing, .args = {"-rT", "s", "o"})
 CASE(archive_overwrite_T, .setup = setup_existing, .args = {"-aT", "s", "o"}, .flags = CMP_MTIME)
 CASE(no_clobber, .setup = setup_existing, .args = {"-rnT", "s", "o"})
 CASE(update_older, .setup = setup_existing, .args = {"-ruT", "s", "o"})
+/* -u does not keep a newer file in place of a hard link to the copy of its source. */
+CASE(update_links_to_the_copy, .setup = setup_update_links, .args = {"-au", "s", "t"},
+     .flags = CMP_MTIME)
 CASE(update_none_is_n, .setup = setup_existing, .args = {"-rnT", "s", "o"},
      .mp_args = {"-rT", "--update=none", "s", "o"})
 CASE(update_older_is_u, .setup = setup_existing, .args = {"-a", "-uT", "s", "o"},

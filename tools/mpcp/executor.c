@@ -548,7 +548,11 @@ static int check_existing(struct ectx *x, const struct stat *d)
     }
     if (refused_by_update(x))
         return STOP_HERE;
-    if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(e, d)) {
+    /*
+     * -u keeps a newer destination, but not in place of a hard link to an
+     * earlier copy of the same source: cp links that name whatever its age.
+     */
+    if (opt->update == MPCP_UPDATE_OLDER && e->type != MPCP_T_HARDLINK && dst_newer_or_same(e, d)) {
         skip(x);
         return STOP_HERE;
     }
