@@ -451,6 +451,13 @@ static void setup_deref(int dir)
     close(s);
 }
 
+/* The same, with a target folder for operands. */
+static void setup_deref_into(int dir)
+{
+    setup_deref(dir);
+    close(sub_dir(dir, "o", 0755));
+}
+
 static void setup_clash(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -923,6 +930,15 @@ CASE(deref_L, .setup = setup_deref, .args = {"-rL", "s", "o"})
 CASE(deref_H, .setup = setup_deref, .args = {"-rH", "sl", "o"})
 CASE(no_deref_P, .setup = setup_deref, .args = {"-rP", "sl", "o"})
 CASE(loop_with_L, .setup = setup_loop, .args = {"-rL", "s", "o"})
+/* --preserve=links: names reached through symlinks (-L, -H operands) that lead to one file. */
+CASE(deref_L_preserve_links, .setup = setup_deref, .args = {"-rL", "--preserve=links", "s", "o"})
+CASE(deref_L_archive, .setup = setup_deref, .args = {"-aL", "s", "o"}, .flags = CMP_MTIME)
+CASE(deref_L_preserve_links_j1, .setup = setup_deref, .args = {"-rL", "--preserve=links", "s", "o"},
+     .jobs = "1")
+CASE(deref_H_operands_preserve_links, .setup = setup_deref_into,
+     .args = {"-RH", "--preserve=links", "s/a", "s/la", "o"})
+CASE(deref_H_inside_preserve_links, .setup = setup_deref,
+     .args = {"-RH", "--preserve=links", "sl", "o"})
 CASE(unreadable_as_nobody, .setup = setup_unreadable, .args = {"-r", "s", "o"}, .nobody = true)
 CASE(archive_unreadable_as_nobody, .setup = setup_unreadable, .args = {"-a", "s", "o"},
      .nobody = true, .flags = CMP_MTIME)

@@ -864,12 +864,24 @@ static void fill_entry(struct mpcp_entry *e, const struct stat *st)
     e->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
 }
 
+/*
+ * Whether --preserve=links keeps track of a file met with flags: one with
+ * other names, and, as cp does, every file reached through symlinks (-L,
+ * or an operand under -H), where two names may lead to one file.
+ */
+static bool tracks_links(const struct planner *p, const struct stat *st, uint8_t flags)
+{
+    if (!p->opt->p_links || S_ISDIR(st->st_mode))
+        return false;
+    return st->st_nlink > 1 || (flags & MPCP_E_FOLLOW);
+}
+
 /* Fills the hard-link fields: a later member links to the first copy. */
 static void plan_links(struct planner *p, struct mpcp_entry *e, const struct stat *st,
                        char **to_free)
 {
     *to_free = NULL;
-    if (!p->opt->p_links || S_ISDIR(st->st_mode) || st->st_nlink < 2)
+    if (!tracks_links(p, st, e->flags))
         return;
     /*
      * cp -l links every name to the source itself; cp -s where it refuses
@@ -954,7 +966,7 @@ static bool chunkable(const struct planner *p, const struct stat *st, uint8_t fl
         o->reflink == MPCP_REFLINK_ALWAYS)
         return false;
     /* A hard-link group's first copy: its links wait for its batch, not for ranges. */
-    return !(o->p_links && st->st_nlink > 1);
+    return !tracks_links(p, st, flags);
 }
 
 static void free_chunked(struct chunked *c)
