@@ -736,6 +736,97 @@ static void setup_default_acl(int dir)
     close(o);
 }
 
+/* A POSIX ACL xattr: user::rw- user:bin:rw- group::r-- mask::rw- other::r-- (4 if default). */
+struct acl5 {
+    uint32_t version;
+    struct {
+        uint16_t tag, perm;
+        uint32_t id;
+    } e[5];
+};
+
+static void set_acl(int fd, const char *name, uint16_t user_perm)
+{
+    struct acl5 acl = {2,
+                       {{0x01, 6, UINT32_MAX},
+                        {0x02, user_perm, 2},
+                        {0x04, 4, UINT32_MAX},
+                        {0x10, 6, UINT32_MAX},
+                        {0x20, 4, UINT32_MAX}}};
+    if (fsetxattr(fd, name, &acl, sizeof acl, 0) < 0) {
+        int err = errno;
+        remove_work(); /* Criterion does not run .fini after a skip */
+        cr_skip_test("no ACLs here: %s", strerror(err));
+    }
+}
+
+/* coreutils' tests/cp/acl.sh: a file and a folder with ACLs, and a copy of the file to update. */
+static void setup_acls(int dir)
+{
+    int a = sub_dir(dir, "a", 0755);
+    put_file(a, "file", "data\n", 0644);
+    int fd = openat(a, "file", O_RDONLY | O_CLOEXEC);
+    set_acl(fd, "system.posix_acl_access", 6);
+    close(fd);
+    int d = sub_dir(a, "d", 0755);
+    set_acl(d, "system.posix_acl_access", 7);
+    set_acl(d, "system.posix_acl_default", 5);
+    close(d);
+    close(a);
+    int b = sub_dir(dir, "b", 0755);
+    put_file(b, "file", "", 0600);
+    close(b);
+}
+
+/* The ACL xattr name of path (below the side's folder) into buf: its length, 0 if none. */
+static ssize_t acl_of(const char *side, const char *path, const char *name, char *buf, size_t size)
+{
+    char full[600];
+    snprintf(full, sizeof full, "%s/%s/%s", work, side, path);
+    ssize_t n = getxattr(full, name, buf, size);
+    return n < 0 && errno == ENODATA ? 0 : n;
+}
+
+static void same_acl(const char *path, const char *name)
+{
+    char a[256], b[256];
+    ssize_t na = acl_of("cp", path, name, a, sizeof a), nb = acl_of("mp", path, name, b, sizeof b);
+    cr_assert_geq(na, 0, "%s: %s", path, strerror(errno));
+    cr_assert(na == nb && memcmp(a, b, (size_t)na) == 0, "%s: %s differs (%zd vs %zd bytes)", path,
+              name, na, nb);
+}
+
+/* cp -p keeps ACLs (the mode alone would not show the difference: it is the mask's). */
+Test(mpcp_diff, preserve_mode_keeps_acls, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {.tag = "preserve_mode_keeps_acls",
+                                  .setup = setup_acls,
+                                  .args = {"-rp", "a", "c"},
+                                  .flags = CMP_MTIME};
+    differential(&d);
+    same_acl("c/file", "system.posix_acl_access");
+    same_acl("c/d", "system.posix_acl_access");
+    same_acl("c/d", "system.posix_acl_default");
+}
+
+Test(mpcp_diff, preserve_mode_attributes_only_keeps_acl, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {.tag = "preserve_mode_attributes_only_keeps_acl",
+                                  .setup = setup_acls,
+                                  .args = {"-p", "--attributes-only", "a/file", "b/"}};
+    differential(&d);
+    same_acl("b/file", "system.posix_acl_access");
+}
+
+Test(mpcp_diff, no_preserve_no_acl, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {
+        .tag = "no_preserve_no_acl", .setup = setup_acls, .args = {"-r", "a", "c"}};
+    differential(&d);
+    same_acl("c/file", "system.posix_acl_access");
+    same_acl("c/d", "system.posix_acl_default");
+}
+
 /*
  * --parents: folders of several modes on the way (one read-only), a target
  * folder, one where a file stands in a folder's place, a symlink to a folder.

@@ -1002,6 +1002,45 @@ static mode_t create_mode(struct ectx *x, int sfd)
     return mode;
 }
 
+/* The mode, as cp leaves it: a new file's, or with -p the source's. Returns 0 or -1 (recorded). */
+static int file_mode(struct ectx *x, int fd, bool exists, const struct stat *d, bool created,
+                     bool owner_failed)
+{
+    const struct mpcp_opts *opt = x->opt;
+    mode_t mode;
+    if (!created && !opt->p_mode)
+        return 0; /* written in place: the file keeps its mode, as with cp */
+    if (exists && created && !opt->p_mode)
+        mode = d->st_mode & 07777;
+    else
+        mode = mpcp_new_file_mode(opt, x->e->mode, owner_failed);
+    if (created && mode == (0600 & ~opt->umask) && !(mode & ~0777))
+        return 0;
+    if (x->made_mode && mode == x->made_mode)
+        return 0; /* created with it (create_mode) */
+    if (fchmod(fd, mode) < 0) {
+        fail(x, errno, "setting permissions for %s", dst_q(x), NULL);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * cp -p keeps the mode as the source's ACL has it: its extra entries too.
+ * (-a copies the ACL with the other xattrs.) After the chmod, which would
+ * otherwise rewrite the ACL's mask. Returns 0 or -1 (recorded).
+ */
+static int keep_acl(struct ectx *x, int sfd, int fd)
+{
+    if (!x->opt->p_mode || x->opt->p_xattr || sfd < 0 || x->xattrs == 0)
+        return 0;
+    int rc = mpcp_copy_acl(sfd, fd, false);
+    if (rc == 0)
+        return 0;
+    fail(x, -rc, "preserving permissions for %s", dst_q(x), NULL);
+    return -1;
+}
+
 /* Times, owner, xattrs, mode on the new file's descriptor, in cp's order. */
 static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const struct stat *d,
                          bool created)
@@ -1041,22 +1080,9 @@ static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const str
             return -1;
         }
     }
-    mode_t mode;
-    if (!created && !opt->p_mode)
-        return 0; /* written in place: the file keeps its mode, as with cp */
-    if (exists && created && !opt->p_mode)
-        mode = d->st_mode & 07777;
-    else
-        mode = mpcp_new_file_mode(opt, e->mode, owner_failed);
-    if (created && mode == (0600 & ~opt->umask) && !(mode & ~0777))
-        return 0;
-    if (x->made_mode && mode == x->made_mode)
-        return 0; /* created with it (create_mode) */
-    if (fchmod(fd, mode) < 0) {
-        fail(x, errno, "setting permissions for %s", dst_q(x), NULL);
+    if (file_mode(x, fd, exists, d, created, owner_failed) < 0)
         return -1;
-    }
-    return 0;
+    return keep_acl(x, sfd, fd);
 }
 
 /*

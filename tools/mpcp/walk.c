@@ -1387,6 +1387,12 @@ static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_s
     }
     if (fchmod(ds->dfd, mode) < 0)
         say(p, errno, "setting permissions for %s", disp, NULL);
+    /* cp -p keeps the ACLs with the mode (-a copies them with the xattrs). */
+    if (opt->p_mode && !opt->p_xattr && ds->sfd >= 0) {
+        int rc = mpcp_copy_acl(ds->sfd, ds->dfd, true);
+        if (rc < 0)
+            say(p, -rc, "preserving permissions for %s", disp, NULL);
+    }
 }
 
 static void stat_failed(struct planner *p, const char *name, int err)
