@@ -778,6 +778,20 @@ static void setup_acls(int dir)
     close(b);
 }
 
+/* A tree without ACLs, to copy into a folder whose default ACL names a user. */
+static void setup_named_default_acl(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    int sub = sub_dir(s, "sub", 0750);
+    put_file(sub, "f", "f\n", 0640);
+    close(sub);
+    put_file(s, "g", "g\n", 0604);
+    close(s);
+    int o = sub_dir(dir, "o", 0755);
+    set_acl(o, "system.posix_acl_default", 5);
+    close(o);
+}
+
 /* The ACL xattr name of path (below the side's folder) into buf: its length, 0 if none. */
 static ssize_t acl_of(const char *side, const char *path, const char *name, char *buf, size_t size)
 {
@@ -816,6 +830,39 @@ Test(mpcp_diff, preserve_mode_attributes_only_keeps_acl, .fini = remove_work, .t
                                   .args = {"-p", "--attributes-only", "a/file", "b/"}};
     differential(&d);
     same_acl("b/file", "system.posix_acl_access");
+}
+
+/* What a default ACL gave the copies: cp -p takes it away (the source has none), cp -r keeps it. */
+static void same_acls_below_o(void)
+{
+    static const char *const paths[] = {"o/s", "o/s/sub", "o/s/sub/f", "o/s/g"};
+    for (int i = 0; i < 4; i++) {
+        same_acl(paths[i], "system.posix_acl_access");
+        if (i < 2)
+            same_acl(paths[i], "system.posix_acl_default");
+    }
+}
+
+Test(mpcp_diff, preserve_mode_drops_inherited_acls, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {
+        .tag = "preserve_mode_drops_inherited_acls",
+        .setup = setup_named_default_acl,
+        .args = {"-rp", "s", "o"},
+    };
+    differential(&d);
+    same_acls_below_o();
+}
+
+Test(mpcp_diff, recursive_keeps_inherited_acls, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {
+        .tag = "recursive_keeps_inherited_acls",
+        .setup = setup_named_default_acl,
+        .args = {"-r", "s", "o"},
+    };
+    differential(&d);
+    same_acls_below_o();
 }
 
 Test(mpcp_diff, no_preserve_no_acl, .fini = remove_work, .timeout = 60)

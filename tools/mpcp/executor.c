@@ -1026,15 +1026,17 @@ static int file_mode(struct ectx *x, int fd, bool exists, const struct stat *d, 
 }
 
 /*
- * cp -p keeps the mode as the source's ACL has it: its extra entries too.
- * (-a copies the ACL with the other xattrs.) After the chmod, which would
- * otherwise rewrite the ACL's mask. Returns 0 or -1 (recorded).
+ * cp -p keeps the mode as the source's ACL has it: its extra entries too,
+ * and none where the source has none, though the file was written in
+ * place or a default ACL gave it some. (-a copies the ACL with the other
+ * xattrs.) After the chmod, which would otherwise rewrite the ACL's mask.
+ * Returns 0 or -1 (recorded).
  */
-static int keep_acl(struct ectx *x, int sfd, int fd)
+static int keep_acl(struct ectx *x, int sfd, int fd, bool created)
 {
     if (!x->opt->p_mode || x->opt->p_xattr || sfd < 0 || x->xattrs == 0)
         return 0;
-    int rc = mpcp_copy_acl(sfd, fd, false);
+    int rc = mpcp_copy_acl(sfd, fd, false, !created || folder_default_acl(x));
     if (rc == 0)
         return 0;
     fail(x, -rc, "preserving permissions for %s", dst_q(x), NULL);
@@ -1082,7 +1084,7 @@ static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const str
     }
     if (file_mode(x, fd, exists, d, created, owner_failed) < 0)
         return -1;
-    return keep_acl(x, sfd, fd);
+    return keep_acl(x, sfd, fd, created);
 }
 
 /*

@@ -1389,7 +1389,7 @@ static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_s
         say(p, errno, "setting permissions for %s", disp, NULL);
     /* cp -p keeps the ACLs with the mode (-a copies them with the xattrs). */
     if (opt->p_mode && !opt->p_xattr && ds->sfd >= 0) {
-        int rc = mpcp_copy_acl(ds->sfd, ds->dfd, true);
+        int rc = mpcp_copy_acl(ds->sfd, ds->dfd, true, true);
         if (rc < 0)
             say(p, -rc, "preserving permissions for %s", disp, NULL);
     }
