@@ -386,6 +386,18 @@ static void setup_with_backup(int dir)
     stamp_tree(dir, 1300000000);
 }
 
+/* A source older than the file a destination symlink points to, but newer than the link. */
+static void setup_update_through(int dir)
+{
+    put_file(dir, "n", "new\n", 0644);
+    set_mtime(dir, "n", 1200000000, 0);
+    put_file(dir, "t", "target\n", 0644);
+    set_mtime(dir, "t", 1300000000, 0);
+    must(symlinkat("t", dir, "tlink"), "symlink", "tlink");
+    struct timespec ts[2] = {{1100000000, 0}, {1100000000, 0}};
+    must(utimensat(dir, "tlink", ts, AT_SYMLINK_NOFOLLOW), "utimensat", "tlink");
+}
+
 /*
  * A destination folder of ours (root's, 0755) holding a symlink of another
  * user: no one else can have put it there, so mpcp writes through it as cp.
@@ -1018,6 +1030,14 @@ CASE(same_file, .setup = setup_files, .args = {"f", "f"})
 CASE(same_file_hardlink, .setup = setup_files, .args = {"f", "h"})
 CASE(same_file_via_symlink, .setup = setup_files, .args = {"t", "tlink"})
 CASE(dangling_dest, .setup = setup_files, .args = {"f", "dangling"})
+/* cp judges a destination symlink by what it points to, before -u and -n. */
+CASE(update_same_file, .setup = setup_files, .args = {"-u", "f", "h"})
+CASE(update_same_file_via_symlink, .setup = setup_files, .args = {"-u", "t", "tlink"})
+CASE(update_through_symlink, .setup = setup_update_through, .args = {"-uv", "n", "tlink"},
+     .flags = CMP_MTIME)
+CASE(update_dangling_dest, .setup = setup_files, .args = {"-u", "f", "dangling"})
+CASE(no_clobber_dangling_dest, .setup = setup_files, .args = {"-n", "f", "dangling"})
+CASE(no_clobber_same_file, .setup = setup_files, .args = {"-n", "f", "h"})
 /* cp will not write through a dangling symlink, -f or not, unless POSIXLY_CORRECT. */
 CASE(dangling_dest_force, .setup = setup_files, .args = {"-fv", "f", "dangling"})
 CASE(dangling_dest_posix, .setup = setup_files, .args = {"-v", "f", "dangling"},

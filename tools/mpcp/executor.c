@@ -491,8 +491,6 @@ static bool symlink_onto_target(struct ectx *x, const struct stat *d)
     const struct mpcp_opts *opt = x->opt;
     if (x->e->type != MPCP_T_LNK || opt->deref != MPCP_DEREF_NEVER)
         return false;
-    if (opt->update == MPCP_UPDATE_NONE || opt->update == MPCP_UPDATE_NONE_FAIL)
-        return false;
     if (opt->backup != MPCP_BACKUP_NONE || S_ISLNK(d->st_mode))
         return false;
     return source_points_to(x, d);
@@ -532,17 +530,44 @@ static int unresolved_link(struct ectx *x, int err)
     return THROUGH_LINK;
 }
 
+/* -n: cp leaves an existing destination before it checks anything else. */
+static bool no_clobber(const struct mpcp_opts *opt)
+{
+    return opt->update == MPCP_UPDATE_NONE || opt->update == MPCP_UPDATE_NONE_FAIL;
+}
+
+/* cp's "are the same file", v being the destination as cp looks at it. */
+static bool same_file(struct ectx *x, const struct stat *v)
+{
+    if (no_clobber(x->opt))
+        return false;
+    if (symlink_onto_target(x, v))
+        return true;
+    return x->e->type == MPCP_T_REG && v->st_dev == x->e->dev && v->st_ino == x->e->ino &&
+           !other_name_ok(x);
+}
+
 static int check_existing(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_entry *e = x->e;
     const struct mpcp_opts *opt = x->opt;
-    if (symlink_onto_target(x, d)) {
+    /*
+     * A regular file is written through a destination symlink, and cp
+     * judges what the link points to (-u compares with its time): when
+     * that cannot be stated, nothing else is checked.
+     */
+    bool through = e->type == MPCP_T_REG && S_ISLNK(d->st_mode) && !replaces_name(opt);
+    struct stat t;
+    if (through && fstatat(x->dfd, e->dst_name, &t, 0) < 0)
+        return unresolved_link(x, errno);
+    const struct stat *v = through ? &t : d;
+    if (same_file(x, v)) {
         fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
         return STOP_HERE;
     }
-    if (refused_by_user(x, d))
+    if (refused_by_user(x, v))
         return STOP_HERE;
-    if (S_ISDIR(d->st_mode)) {
+    if (S_ISDIR(v->st_mode)) {
         fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
         return STOP_HERE;
     }
@@ -552,34 +577,19 @@ static int check_existing(struct ectx *x, const struct stat *d)
      * -u keeps a newer destination, but not in place of a hard link to an
      * earlier copy of the same source: cp links that name whatever its age.
      */
-    if (opt->update == MPCP_UPDATE_OLDER && e->type != MPCP_T_HARDLINK && dst_newer_or_same(e, d)) {
+    if (opt->update == MPCP_UPDATE_OLDER && e->type != MPCP_T_HARDLINK && dst_newer_or_same(e, v)) {
         skip(x);
         return STOP_HERE;
     }
     if (e->type != MPCP_T_REG)
         return GO;
-    if (d->st_dev == e->dev && d->st_ino == e->ino && !other_name_ok(x)) {
-        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
-        return STOP_HERE;
-    }
     if (is_special(d->st_mode) && !replaces_name(opt)) {
         /* cp opens an existing fifo or device and writes into it: a reader may wait there. */
         x->special_dest = true;
         return THROUGH_LINK;
     }
-    if (!S_ISLNK(d->st_mode) || replaces_name(opt))
+    if (!through)
         return GO;
-    struct stat t;
-    if (fstatat(x->dfd, e->dst_name, &t, 0) < 0)
-        return unresolved_link(x, errno);
-    if (t.st_dev == e->dev && t.st_ino == e->ino) {
-        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
-        return STOP_HERE;
-    }
-    if (S_ISDIR(t.st_mode)) {
-        fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
-        return STOP_HERE;
-    }
     return pin_link(x) < 0 ? STOP_HERE : THROUGH_LINK;
 }
 
