@@ -860,6 +860,31 @@ Test(mpcp_beyond, sparse_always_punches_zeros_never_fills, .init = setup_work,
     same_file_content(wfd, "zeros", wfd, "dense");
 }
 
+/*
+ * coreutils' tests/cp/sparse-2.sh: one byte, then 256 KiB - 1 of zeros. A
+ * read buffer holds it all, but the holes are made block by block, as cp
+ * makes them: only the first block keeps data.
+ */
+Test(mpcp_beyond, sparse_always_punches_blocks_of_a_buffer, .init = setup_work,
+     .fini = teardown_work, .timeout = 30)
+{
+    int fd = openat(wfd, "k", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    static char zero[256 * 1024];
+    cr_assert_eq(write(fd, "x", 1), 1);
+    cr_assert_eq(write(fd, zero, sizeof zero - 1), (ssize_t)sizeof zero - 1);
+    close(fd);
+    struct run_result r;
+    mpcp(&r, (const char *const[]){"--reflink=never", "--sparse=always", "k", "k2", NULL});
+    cr_assert_eq(r.status, 0, "%s", r.err);
+    struct stat k, k2;
+    fstatat(wfd, "k", &k, 0);
+    fstatat(wfd, "k2", &k2, 0);
+    cr_assert_eq(k2.st_size, k.st_size);
+    cr_assert_leq(k2.st_blocks * 512, 2 * (blkcnt_t)k2.st_blksize, "blocks %lld of %lld",
+                  (long long)k2.st_blocks, (long long)k.st_blocks);
+    same_file_content(wfd, "k", wfd, "k2");
+}
+
 Test(mpcp_beyond, proc_file_with_size_zero_is_read, .init = setup_work, .fini = teardown_work,
      .timeout = 30)
 {

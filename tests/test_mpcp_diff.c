@@ -131,8 +131,8 @@ struct diff {
     bool abs;
     /*
      * "NAME=value" in the environment of both runs (VERSION_CONTROL,
-     * SIMPLE_BACKUP_SUFFIX); those two are unset otherwise, so that the
-     * caller's own do not change a case.
+     * SIMPLE_BACKUP_SUFFIX, POSIXLY_CORRECT); those are unset otherwise, so
+     * that the caller's own do not change a case.
      */
     const char *env;
 };
@@ -188,11 +188,12 @@ static void name_side(char *text, const char *side)
     *w = '\0';
 }
 
-/* The backup variables come from the case alone (see diff.env). */
+/* The variables cp reads come from the case alone (see diff.env). */
 static void set_case_env(const char *env)
 {
     unsetenv("VERSION_CONTROL");
     unsetenv("SIMPLE_BACKUP_SUFFIX");
+    unsetenv("POSIXLY_CORRECT");
     if (!env)
         return;
     char name[64];
@@ -404,6 +405,27 @@ static void setup_files(int dir)
     stamp_tree(dir, 1300000000);
 }
 
+/* A file and its simple backup. */
+static void setup_with_backup(int dir)
+{
+    put_file(dir, "a", "a\n", 0644);
+    put_file(dir, "a~", "a-tilde\n", 0644);
+    put_file(dir, "a.bak", "a-bak\n", 0644);
+    stamp_tree(dir, 1300000000);
+}
+
+/* A source older than the file a destination symlink points to, but newer than the link. */
+static void setup_update_through(int dir)
+{
+    put_file(dir, "n", "new\n", 0644);
+    set_mtime(dir, "n", 1200000000, 0);
+    put_file(dir, "t", "target\n", 0644);
+    set_mtime(dir, "t", 1300000000, 0);
+    must(symlinkat("t", dir, "tlink"), "symlink", "tlink");
+    struct timespec ts[2] = {{1100000000, 0}, {1100000000, 0}};
+    must(utimensat(dir, "tlink", ts, AT_SYMLINK_NOFOLLOW), "utimensat", "tlink");
+}
+
 /*
  * A destination folder of ours (root's, 0755) holding a symlink of another
  * user: no one else can have put it there, so mpcp writes through it as cp.
@@ -533,6 +555,13 @@ static void setup_deref(int dir)
     close(s);
 }
 
+/* The same, with a target folder for operands. */
+static void setup_deref_into(int dir)
+{
+    setup_deref(dir);
+    close(sub_dir(dir, "o", 0755));
+}
+
 static void setup_clash(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -586,6 +615,73 @@ static void setup_twice(int dir)
     close(sub_dir(dir, "o", 0755));
     close(s1);
     close(s2);
+}
+
+/* A symlink and a file of one name in two folders (coreutils' tests/cp/abuse.sh); t is made by
+ * setup_abuse_target. */
+static void setup_abuse(int dir)
+{
+    int a = sub_dir(dir, "a", 0755), b = sub_dir(dir, "b", 0755);
+    must(symlinkat("../t", a, "1"), "symlink", "a/1");
+    put_file(b, "1", "payload\n", 0644);
+    close(sub_dir(dir, "c", 0755));
+    close(a);
+    close(b);
+}
+
+static void setup_abuse_target(int dir)
+{
+    setup_abuse(dir);
+    put_file(dir, "t", "i\n", 0644);
+}
+
+/* A symlink into a folder its user may not search (coreutils' tests/cp/fail-perm.sh). */
+static void setup_unsearchable_link(int dir)
+{
+    put_file(dir, "F", "f\n", 0644);
+    int d = sub_dir(dir, "D", 0755);
+    close(sub_dir(d, "D", 0755));
+    must(fchmod(d, 0), "chmod", "D");
+    close(d);
+    must(symlinkat("D/D", dir, "symlink"), "symlink", "symlink");
+}
+
+/* coreutils' tests/cp/attr-existing.sh: an existing file (hard-linked) and other kinds of sources.
+ */
+static void setup_attr_existing(int dir)
+{
+    put_file(dir, "file1", "1", 0644);
+    put_file(dir, "file2", "2", 0640);
+    must(linkat(dir, "file2", dir, "link2", 0), "link", "link2");
+    must(symlinkat("file1", dir, "sym1"), "symlink", "sym1");
+    must(mkfifoat(dir, "ff", 0600), "mkfifo", "ff");
+    stamp_tree(dir, 1300000000);
+}
+
+/*
+ * coreutils' tests/cp/preserve-link.sh: five names of one file, copied
+ * with -au onto a tree holding some of them, older, as old and linked.
+ * Whichever name either walk meets first, the result is the same.
+ */
+static void setup_update_links(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    put_file(s, "f", "", 0644);
+    static const char *const names[] = {"linkm", "linke", "fileo", "fileu"};
+    for (int i = 0; i < 4; i++)
+        must(linkat(s, "f", s, names[i], 0), "link", names[i]);
+    set_mtime(s, "f", 1300000000, 0);
+    int t = sub_dir(dir, "t", 0755), ts = sub_dir(t, "s", 0755);
+    put_file(ts, "f", "", 0644);
+    must(linkat(ts, "f", ts, "linke", 0), "link", "linke");
+    set_mtime(ts, "f", 1300000000, 0);
+    put_file(ts, "fileo", "", 0644);
+    set_mtime(ts, "fileo", 1200000000, 0);
+    put_file(ts, "fileu", "", 0644);
+    set_mtime(ts, "fileu", 1300000000, 0);
+    close(ts);
+    close(t);
+    close(s);
 }
 
 static void setup_readonly_dest(int dir)
@@ -744,6 +840,144 @@ static void setup_default_acl(int dir)
     close(o);
 }
 
+/* A POSIX ACL xattr: user::rw- user:bin:rw- group::r-- mask::rw- other::r-- (4 if default). */
+struct acl5 {
+    uint32_t version;
+    struct {
+        uint16_t tag, perm;
+        uint32_t id;
+    } e[5];
+};
+
+static void set_acl(int fd, const char *name, uint16_t user_perm)
+{
+    struct acl5 acl = {2,
+                       {{0x01, 6, UINT32_MAX},
+                        {0x02, user_perm, 2},
+                        {0x04, 4, UINT32_MAX},
+                        {0x10, 6, UINT32_MAX},
+                        {0x20, 4, UINT32_MAX}}};
+    if (fsetxattr(fd, name, &acl, sizeof acl, 0) < 0) {
+        int err = errno;
+        remove_work(); /* Criterion does not run .fini after a skip */
+        cr_skip_test("no ACLs here: %s", strerror(err));
+    }
+}
+
+/* coreutils' tests/cp/acl.sh: a file and a folder with ACLs, and a copy of the file to update. */
+static void setup_acls(int dir)
+{
+    int a = sub_dir(dir, "a", 0755);
+    put_file(a, "file", "data\n", 0644);
+    int fd = openat(a, "file", O_RDONLY | O_CLOEXEC);
+    set_acl(fd, "system.posix_acl_access", 6);
+    close(fd);
+    int d = sub_dir(a, "d", 0755);
+    set_acl(d, "system.posix_acl_access", 7);
+    set_acl(d, "system.posix_acl_default", 5);
+    close(d);
+    close(a);
+    int b = sub_dir(dir, "b", 0755);
+    put_file(b, "file", "", 0600);
+    close(b);
+}
+
+/* A tree without ACLs, to copy into a folder whose default ACL names a user. */
+static void setup_named_default_acl(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    int sub = sub_dir(s, "sub", 0750);
+    put_file(sub, "f", "f\n", 0640);
+    close(sub);
+    put_file(s, "g", "g\n", 0604);
+    close(s);
+    int o = sub_dir(dir, "o", 0755);
+    set_acl(o, "system.posix_acl_default", 5);
+    close(o);
+}
+
+/* The ACL xattr name of path (below the side's folder) into buf: its length, 0 if none. */
+static ssize_t acl_of(const char *side, const char *path, const char *name, char *buf, size_t size)
+{
+    char full[600];
+    snprintf(full, sizeof full, "%s/%s/%s", work, side, path);
+    ssize_t n = getxattr(full, name, buf, size);
+    return n < 0 && errno == ENODATA ? 0 : n;
+}
+
+static void same_acl(const char *path, const char *name)
+{
+    char a[256], b[256];
+    ssize_t na = acl_of("cp", path, name, a, sizeof a), nb = acl_of("mp", path, name, b, sizeof b);
+    cr_assert_geq(na, 0, "%s: %s", path, strerror(errno));
+    cr_assert(na == nb && memcmp(a, b, (size_t)na) == 0, "%s: %s differs (%zd vs %zd bytes)", path,
+              name, na, nb);
+}
+
+/* cp -p keeps ACLs (the mode alone would not show the difference: it is the mask's). */
+Test(mpcp_diff, preserve_mode_keeps_acls, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {.tag = "preserve_mode_keeps_acls",
+                                  .setup = setup_acls,
+                                  .args = {"-rp", "a", "c"},
+                                  .flags = CMP_MTIME};
+    differential(&d);
+    same_acl("c/file", "system.posix_acl_access");
+    same_acl("c/d", "system.posix_acl_access");
+    same_acl("c/d", "system.posix_acl_default");
+}
+
+Test(mpcp_diff, preserve_mode_attributes_only_keeps_acl, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {.tag = "preserve_mode_attributes_only_keeps_acl",
+                                  .setup = setup_acls,
+                                  .args = {"-p", "--attributes-only", "a/file", "b/"}};
+    differential(&d);
+    same_acl("b/file", "system.posix_acl_access");
+}
+
+/* What a default ACL gave the copies: cp -p takes it away (the source has none), cp -r keeps it. */
+static void same_acls_below_o(void)
+{
+    static const char *const paths[] = {"o/s", "o/s/sub", "o/s/sub/f", "o/s/g"};
+    for (int i = 0; i < 4; i++) {
+        same_acl(paths[i], "system.posix_acl_access");
+        if (i < 2)
+            same_acl(paths[i], "system.posix_acl_default");
+    }
+}
+
+Test(mpcp_diff, preserve_mode_drops_inherited_acls, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {
+        .tag = "preserve_mode_drops_inherited_acls",
+        .setup = setup_named_default_acl,
+        .args = {"-rp", "s", "o"},
+    };
+    differential(&d);
+    same_acls_below_o();
+}
+
+Test(mpcp_diff, recursive_keeps_inherited_acls, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {
+        .tag = "recursive_keeps_inherited_acls",
+        .setup = setup_named_default_acl,
+        .args = {"-r", "s", "o"},
+    };
+    differential(&d);
+    same_acls_below_o();
+}
+
+Test(mpcp_diff, no_preserve_no_acl, .fini = remove_work, .timeout = 60)
+{
+    static const struct diff d = {
+        .tag = "no_preserve_no_acl", .setup = setup_acls, .args = {"-r", "a", "c"}};
+    differential(&d);
+    same_acl("c/file", "system.posix_acl_access");
+    same_acl("c/d", "system.posix_acl_default");
+}
+
 /*
  * --parents: folders of several modes on the way (one read-only), a target
  * folder, one where a file stands in a folder's place, a symlink to a folder.
@@ -876,6 +1110,9 @@ CASE(update_older, .setup = setup_existing, .args = {"-ruT", "s", "o"})
 CASE(update_skips_before_asking, .setup = setup_existing, .args = {"-riuT", "s", "o"})
 CASE(no_clobber_wins_over_update_after, .setup = setup_existing, .args = {"-rnuT", "s", "o"})
 CASE(no_clobber_wins_over_update_before, .setup = setup_existing, .args = {"-ruT", "-n", "s", "o"})
+/* -u does not keep a newer file in place of a hard link to the copy of its source. */
+CASE(update_links_to_the_copy, .setup = setup_update_links, .args = {"-au", "s", "t"},
+     .flags = CMP_MTIME)
 CASE(update_none_is_n, .setup = setup_existing, .args = {"-rnT", "s", "o"},
      .mp_args = {"-rT", "--update=none", "s", "o"})
 CASE(update_older_is_u, .setup = setup_existing, .args = {"-a", "-uT", "s", "o"},
@@ -888,6 +1125,28 @@ CASE(same_file, .setup = setup_files, .args = {"f", "f"})
 CASE(same_file_hardlink, .setup = setup_files, .args = {"f", "h"})
 CASE(same_file_via_symlink, .setup = setup_files, .args = {"t", "tlink"})
 CASE(dangling_dest, .setup = setup_files, .args = {"f", "dangling"})
+/* cp judges a destination symlink by what it points to, before -u and -n. */
+CASE(update_same_file, .setup = setup_files, .args = {"-u", "f", "h"})
+CASE(update_same_file_via_symlink, .setup = setup_files, .args = {"-u", "t", "tlink"})
+CASE(update_through_symlink, .setup = setup_update_through, .args = {"-uv", "n", "tlink"},
+     .flags = CMP_MTIME)
+CASE(update_dangling_dest, .setup = setup_files, .args = {"-u", "f", "dangling"})
+CASE(no_clobber_dangling_dest, .setup = setup_files, .args = {"-n", "f", "dangling"})
+CASE(no_clobber_same_file, .setup = setup_files, .args = {"-n", "f", "h"})
+/* cp will not write through a dangling symlink, -f or not, unless POSIXLY_CORRECT. */
+CASE(dangling_dest_force, .setup = setup_files, .args = {"-fv", "f", "dangling"})
+CASE(dangling_dest_posix, .setup = setup_files, .args = {"-v", "f", "dangling"},
+     .env = "POSIXLY_CORRECT=1")
+/* A symlink loop cannot be stated: -f removes it and a new file (its own mode) takes the name. */
+CASE(loop_dest, .setup = setup_types, .args = {"s/a", "s/loop"})
+CASE(loop_dest_force, .setup = setup_types, .args = {"-fv", "s/a", "s/loop"})
+/* -d: a symlink onto the file it points to is refused, unless a backup keeps the file. */
+CASE(symlink_onto_its_target, .setup = setup_files, .args = {"-d", "tlink", "t"})
+CASE(symlink_onto_its_target_force, .setup = setup_files, .args = {"-df", "tlink", "t"})
+CASE(symlink_onto_its_target_remove, .setup = setup_files,
+     .args = {"-d", "--remove-destination", "tlink", "t"})
+CASE(symlink_onto_its_target_backup, .setup = setup_files, .args = {"-bdv", "tlink", "t"})
+CASE(symlink_onto_its_target_no_clobber, .setup = setup_files, .args = {"-dn", "tlink", "t"})
 CASE(write_through_symlink, .setup = setup_files, .args = {"f", "tlink"})
 CASE(write_through_symlink_as_nobody, .setup = setup_own_link, .args = {"f", "tlink"},
      .nobody = true)
@@ -953,6 +1212,15 @@ CASE(dest_folder_unsearchable_into, .setup = setup_blocked_dest,
      .args = {"-r", "s/a", "s/sub", "s/rel", "locked/"}, .nobody = true)
 CASE(dest_folder_unsearchable_deeper, .setup = setup_blocked_dest,
      .args = {"-r", "s/sub", "locked/x/o"}, .nobody = true)
+/* --preserve=links: names reached through symlinks (-L, -H operands) that lead to one file. */
+CASE(deref_L_preserve_links, .setup = setup_deref, .args = {"-rL", "--preserve=links", "s", "o"})
+CASE(deref_L_archive, .setup = setup_deref, .args = {"-aL", "s", "o"}, .flags = CMP_MTIME)
+CASE(deref_L_preserve_links_j1, .setup = setup_deref, .args = {"-rL", "--preserve=links", "s", "o"},
+     .jobs = "1")
+CASE(deref_H_operands_preserve_links, .setup = setup_deref_into,
+     .args = {"-RH", "--preserve=links", "s/a", "s/la", "o"})
+CASE(deref_H_inside_preserve_links, .setup = setup_deref,
+     .args = {"-RH", "--preserve=links", "sl", "o"})
 CASE(unreadable_as_nobody, .setup = setup_unreadable, .args = {"-r", "s", "o"}, .nobody = true)
 CASE(archive_unreadable_as_nobody, .setup = setup_unreadable, .args = {"-a", "s", "o"},
      .nobody = true, .flags = CMP_MTIME)
@@ -966,8 +1234,28 @@ CASE(inplace_like_cp_with_linked_dest, .setup = setup_replace, .args = {"-T", "s
 CASE(same_source_twice, .setup = setup_twice, .args = {"-rv", "s1/x", "s1/x", "s1/d", "s1/d", "o"})
 CASE(same_basename_twice, .setup = setup_twice,
      .args = {"-rv", "s1/x", "s2/x", "s1/d", "s2/d", "o"})
+/* No copy through a symlink an earlier operand made, where it leads nowhere or elsewhere. */
+CASE(through_made_symlink_dangling, .setup = setup_abuse, .args = {"-dR", "a/1", "b/1", "c"})
+CASE(through_made_symlink_existing, .setup = setup_abuse_target,
+     .args = {"-dRv", "a/1", "b/1", "c"})
+CASE(through_made_symlink_no_clobber, .setup = setup_abuse_target,
+     .args = {"-dRn", "a/1", "b/1", "c"})
+CASE(through_made_symlink_backup, .setup = setup_abuse_target, .args = {"-dRbv", "a/1", "b/1", "c"})
+/* Numbered backups keep both; the same source again is backed up, not warned about. */
+CASE(same_basename_twice_numbered, .setup = setup_twice,
+     .args = {"-v", "--backup=numbered", "s1/x", "s2/x", "o"})
+CASE(same_source_twice_backup, .setup = setup_twice, .args = {"-bv", "s1/x", "s1/x", "o"})
+CASE(same_source_twice_numbered, .setup = setup_twice,
+     .args = {"-v", "--backup=numbered", "s1/x", "s1/x", "o"})
 CASE(readonly_dest_as_nobody, .setup = setup_readonly_dest, .args = {"-rT", "s", "o"},
      .nobody = true)
+/* A destination symlink whose target cannot be stated is no dangling one: "cannot stat". */
+CASE(unsearchable_link_dest_as_nobody, .setup = setup_unsearchable_link, .args = {"F", "symlink"},
+     .nobody = true)
+CASE(unsearchable_link_dest_T_as_nobody, .setup = setup_unsearchable_link,
+     .args = {"-T", "F", "symlink"}, .nobody = true)
+CASE(unsearchable_link_target_dir_as_nobody, .setup = setup_unsearchable_link,
+     .args = {"-t", "symlink", "F"}, .nobody = true)
 CASE(readonly_dest_force_as_nobody, .setup = setup_readonly_dest, .args = {"-rfT", "s", "o"},
      .nobody = true)
 CASE(one_file_system, .setup = setup_mount, .cleanup = unmount, .args = {"-ax", "s", "o"},
@@ -1098,6 +1386,23 @@ CASE(symlink_archive_abs_worker_path, .setup = setup_types,
      .args = {"-asv", "--no-preserve=links", "@/s", "o"}, .flags = CMP_MTIME, .abs = true,
      .resolve = true)
 
+/* --attributes-only onto an existing file: no data copied, so nothing removed to make room. */
+CASE(attributes_only_existing, .setup = setup_attr_existing,
+     .args = {"--attributes-only", "file1", "file2"})
+CASE(attributes_only_existing_linked, .setup = setup_attr_existing,
+     .args = {"-a", "--attributes-only", "file1", "file2"}, .flags = CMP_MTIME)
+CASE(attributes_only_symlink_onto_file, .setup = setup_attr_existing,
+     .args = {"-av", "--attributes-only", "sym1", "file2"}, .flags = CMP_MTIME)
+CASE(attributes_only_symlink_onto_file_force, .setup = setup_attr_existing,
+     .args = {"-afv", "--attributes-only", "sym1", "file2"}, .flags = CMP_MTIME)
+CASE(attributes_only_symlink_remove_destination, .setup = setup_attr_existing,
+     .args = {"-av", "--remove-destination", "--attributes-only", "sym1", "file2"},
+     .flags = CMP_MTIME)
+CASE(attributes_only_symlink_backup, .setup = setup_attr_existing,
+     .args = {"-abv", "--attributes-only", "sym1", "file2"}, .flags = CMP_MTIME)
+CASE(attributes_only_fifo_onto_file, .setup = setup_attr_existing,
+     .args = {"-afv", "--attributes-only", "ff", "file2"}, .flags = CMP_MTIME)
+
 /* -b, --backup, -S, --remove-destination. */
 CASE(backup_recursive, .setup = setup_backups, .args = {"-rbvT", "s", "o"})
 CASE(backup_archive_numbered, .setup = setup_backups,
@@ -1122,6 +1427,15 @@ CASE(backup_of_a_dangling_symlink, .setup = setup_files, .args = {"-bv", "f", "d
 CASE(backup_other_name_of_source, .setup = setup_files, .args = {"-bv", "f", "h"})
 CASE(backup_same_name_refused, .setup = setup_files, .args = {"-bv", "f", "f"})
 CASE(backup_force_same_name_copies, .setup = setup_files, .args = {"-fbv", "f", "f"})
+/* A simple backup that would take the source's name is refused; a numbered one is not. */
+CASE(backup_would_destroy_source, .setup = setup_with_backup,
+     .args = {"--backup=simple", "a~", "a"})
+CASE(backup_existing_would_destroy_source, .setup = setup_with_backup, .args = {"-bv", "a~", "a"})
+CASE(backup_suffix_would_destroy_source, .setup = setup_with_backup,
+     .args = {"-v", "-S", ".bak", "a.bak", "a"})
+CASE(backup_link_would_destroy_source, .setup = setup_with_backup, .args = {"-blv", "a~", "a"})
+CASE(backup_numbered_keeps_source, .setup = setup_with_backup,
+     .args = {"-v", "--backup=numbered", "a~", "a"})
 CASE(backup_force_same_name_numbered, .setup = setup_files,
      .args = {"-fv", "--backup=t", "tlink", "tlink"})
 CASE(backup_long_names, .setup = setup_backup_long_names,

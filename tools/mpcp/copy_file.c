@@ -105,11 +105,42 @@ static bool all_zero(const unsigned char *p, size_t n)
     return true;
 }
 
+/* The length of the block of buf[i..n) that starts at i: hole bytes, or what is left. */
+static size_t block_at(size_t i, size_t n, size_t hole)
+{
+    return n - i < hole ? n - i : hole;
+}
+
+/*
+ * Writes buf's n bytes, seeking over each run of blocks of hole bytes that
+ * are all zero: --sparse=always makes holes of them, block by block as cp
+ * does (a buffer holds many blocks; one byte must not keep the others).
+ */
+static int write_holey(int dst, const unsigned char *buf, size_t n, size_t hole)
+{
+    for (size_t i = 0; i < n;) {
+        size_t run = block_at(i, n, hole);
+        bool zero = all_zero(buf + i, run);
+        while (i + run < n && all_zero(buf + i + run, block_at(i + run, n, hole)) == zero)
+            run += block_at(i + run, n, hole);
+        if (zero && lseek(dst, (off_t)run, SEEK_CUR) < 0)
+            return -errno;
+        if (!zero) {
+            int rc = write_all(dst, buf + i, run);
+            if (rc)
+                return rc;
+        }
+        i += run;
+    }
+    return 0;
+}
+
 /*
  * read/write from the current offsets, at most limit bytes (or to EOF when
- * limit < 0). With punch, zero blocks become holes (--sparse=always).
+ * limit < 0). With a hole size, zero blocks of that size become holes
+ * (--sparse=always).
  */
-static int rw_copy(int src, int dst, off_t limit, bool punch, uint64_t *copied, int *side)
+static int rw_copy(int src, int dst, off_t limit, size_t hole, uint64_t *copied, int *side)
 {
     unsigned char *buf = io_buffer();
     if (!buf) {
@@ -133,13 +164,7 @@ static int rw_copy(int src, int dst, off_t limit, bool punch, uint64_t *copied, 
         }
         if (n == 0)
             break;
-        int rc = 0;
-        if (punch && all_zero(buf, (size_t)n)) {
-            if (lseek(dst, n, SEEK_CUR) < 0)
-                rc = -errno;
-        } else {
-            rc = write_all(dst, buf, (size_t)n);
-        }
+        int rc = hole ? write_holey(dst, buf, (size_t)n, hole) : write_all(dst, buf, (size_t)n);
         if (rc) {
             *side = MPCP_SIDE_WRITE;
             return rc;
@@ -187,22 +212,30 @@ static int cfr_copy(int src, int dst, off_t len, uint64_t *copied, int *side)
     return 0;
 }
 
-static int copy_range(int src, int dst, off_t len, bool punch, uint64_t *copied, int *side)
+static int copy_range(int src, int dst, off_t len, size_t hole, uint64_t *copied, int *side)
 {
     uint64_t before = *copied;
-    if (!punch) {
+    if (!hole) {
         int rc = cfr_copy(src, dst, len, copied, side);
         if (rc <= 0)
             return rc;
         /* The offsets moved with what copy_file_range did copy. */
         len -= (off_t)*copied - (off_t)before;
     }
-    return rw_copy(src, dst, len, punch, copied, side);
+    return rw_copy(src, dst, len, hole, copied, side);
 }
 
-/* Copies data extents only; holes stay holes. The size is set at the end. */
+/*
+ * Copies data extents only; holes stay holes, and with punch zero blocks
+ * of the destination's block size become holes too. The size is set at
+ * the end.
+ */
 static int sparse_copy(int src, int dst, off_t size, bool punch, uint64_t *copied, int *side)
 {
+    size_t hole = 0;
+    struct stat st;
+    if (punch)
+        hole = fstat(dst, &st) == 0 && st.st_blksize > 0 ? (size_t)st.st_blksize : 4096;
     off_t pos = 0;
     while (pos < size) {
         off_t data = lseek(src, pos, SEEK_DATA);
@@ -212,21 +245,21 @@ static int sparse_copy(int src, int dst, off_t size, bool punch, uint64_t *copie
             *side = MPCP_SIDE_READ;
             return -errno;
         }
-        off_t hole = lseek(src, data, SEEK_HOLE);
-        if (hole < 0) {
+        off_t end = lseek(src, data, SEEK_HOLE);
+        if (end < 0) {
             *side = MPCP_SIDE_READ;
             return -errno;
         }
-        if (hole > size)
-            hole = size;
+        if (end > size)
+            end = size;
         if (lseek(src, data, SEEK_SET) < 0 || lseek(dst, data, SEEK_SET) < 0) {
             *side = MPCP_SIDE_WRITE;
             return -errno;
         }
-        int rc = copy_range(src, dst, hole - data, punch, copied, side);
+        int rc = copy_range(src, dst, end - data, hole, copied, side);
         if (rc)
             return rc;
-        pos = hole;
+        pos = end;
     }
     if (ftruncate(dst, size) < 0) {
         *side = MPCP_SIDE_WRITE;
@@ -336,7 +369,7 @@ int mpcp_copy_range_at(int src, int dst, off_t off, off_t len, uint64_t *copied,
  */
 static int copy_unsized(int src, int dst, uint64_t *copied, int *side)
 {
-    return rw_copy(src, dst, -1, false, copied, side);
+    return rw_copy(src, dst, -1, 0, copied, side);
 }
 
 /* Whether the copy keeps holes: what sparse_copy() is used for. */
@@ -412,5 +445,5 @@ int mpcp_copy_data(const struct mpcp_opts *opt, int src, int dst, dev_t dst_dev,
      * Up to the size the walk saw, without a second call that only finds
      * EOF: a file that grows meanwhile is copied as it was when listed.
      */
-    return copy_range(src, dst, size, false, copied, side);
+    return copy_range(src, dst, size, 0, copied, side);
 }

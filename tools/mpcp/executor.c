@@ -326,6 +326,7 @@ struct ectx {
     char backup[NAME_MAX + 1];
     char through[PATH_MAX]; /* the text of the destination symlink written through */
     bool special_dest;      /* the destination is an existing fifo or device, written into */
+    bool through_new;       /* ...a dangling symlink: the new file is made through it */
     struct mpcp_result_entry *r;
     char src_q[PATH_MAX * 2], dst_q[PATH_MAX * 2];
     char msg[PATH_MAX * 5];
@@ -392,7 +393,8 @@ static bool dst_newer_or_same(const struct mpcp_entry *e, const struct stat *d)
     return d->st_mtim.tv_nsec >= (long)e->mtime_nsec;
 }
 
-enum { GO, STOP_HERE, THROUGH_LINK };
+/* GONE: the destination was removed (a new file takes the name). */
+enum { GO, STOP_HERE, THROUGH_LINK, GONE };
 
 static bool same_name(struct ectx *x);
 
@@ -475,18 +477,106 @@ static bool is_special(mode_t mode)
     return S_ISFIFO(mode) || S_ISCHR(mode) || S_ISBLK(mode) || S_ISSOCK(mode);
 }
 
+static bool source_points_to(struct ectx *x, const struct stat *d);
+
+/*
+ * -P: a symlink copied onto the file it points to would replace that file
+ * with a link to itself, and cp refuses, as "the same file", before it
+ * asks or checks anything else (-n skips the check). A backup keeps the
+ * file, so -b goes ahead; so does a destination that is a symlink itself,
+ * which is replaced. Not under -H: cp compares the inodes as they are then.
+ */
+static bool symlink_onto_target(struct ectx *x, const struct stat *d)
+{
+    const struct mpcp_opts *opt = x->opt;
+    if (x->e->type != MPCP_T_LNK || opt->deref != MPCP_DEREF_NEVER)
+        return false;
+    if (opt->backup != MPCP_BACKUP_NONE || S_ISLNK(d->st_mode))
+        return false;
+    return source_points_to(x, d);
+}
+
+/*
+ * A destination symlink that cp would write through but whose target
+ * cannot be stated (err). Dangling: where the new file would land is
+ * decided by a resolution that a swap can race, so cp refuses, -f or not;
+ * POSIXLY_CORRECT asks for the old behaviour, a new file made through the
+ * link. A loop is a file that cannot be opened: -f removes it and a new
+ * file takes the name. Anything else is cp's "cannot stat". Returns
+ * STOP_HERE (recorded), GONE or THROUGH_LINK (x->through_new).
+ */
+static int unresolved_link(struct ectx *x, int err)
+{
+    if (err == ELOOP && x->opt->force) {
+        if (unlinkat(x->dfd, x->e->dst_name, 0) < 0 && errno != ENOENT) {
+            fail(x, errno, "cannot remove %s", dst_q(x), NULL);
+            return STOP_HERE;
+        }
+        x->r->flags |= MPCP_R_REPLACED;
+        return GONE;
+    }
+    if (err != ENOENT) {
+        fail(x, err, "cannot stat %s", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    if (!getenv("POSIXLY_CORRECT")) {
+        x->r->flags |= MPCP_R_ATTEMPTED;
+        fail(x, 0, "not writing through dangling symlink %s", dst_q(x), NULL);
+        return STOP_HERE;
+    }
+    if (pin_link(x) < 0)
+        return STOP_HERE;
+    x->through_new = true;
+    return THROUGH_LINK;
+}
+
+/* -n: cp leaves an existing destination before it checks anything else. */
+static bool no_clobber(const struct mpcp_opts *opt)
+{
+    return opt->update == MPCP_UPDATE_NONE || opt->update == MPCP_UPDATE_NONE_FAIL;
+}
+
+/* cp's "are the same file", v being the destination as cp looks at it. */
+static bool same_file(struct ectx *x, const struct stat *v)
+{
+    if (no_clobber(x->opt))
+        return false;
+    if (symlink_onto_target(x, v))
+        return true;
+    return x->e->type == MPCP_T_REG && v->st_dev == x->e->dev && v->st_ino == x->e->ino &&
+           !other_name_ok(x);
+}
+
 static int check_existing(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_entry *e = x->e;
     const struct mpcp_opts *opt = x->opt;
-    /* cp's order: -u first (a newer destination is never asked about), then -i, then the type. */
-    if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(e, d)) {
+    /*
+     * A regular file is written through a destination symlink, and cp
+     * judges what the link points to (-u compares with its time): when
+     * that cannot be stated, nothing else is checked.
+     */
+    bool through = e->type == MPCP_T_REG && S_ISLNK(d->st_mode) && !replaces_name(opt);
+    struct stat t;
+    if (through && fstatat(x->dfd, e->dst_name, &t, 0) < 0)
+        return unresolved_link(x, errno);
+    const struct stat *v = through ? &t : d;
+    if (same_file(x, v)) {
+        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
+        return STOP_HERE;
+    }
+    /*
+     * cp's order: -u before -i (a newer destination is never asked about).
+     * -u keeps a newer destination, but not in place of a hard link to an
+     * earlier copy of the same source: cp links that name whatever its age.
+     */
+    if (opt->update == MPCP_UPDATE_OLDER && e->type != MPCP_T_HARDLINK && dst_newer_or_same(e, v)) {
         skip(x);
         return STOP_HERE;
     }
-    if (refused_by_user(x, d))
+    if (refused_by_user(x, v))
         return STOP_HERE;
-    if (S_ISDIR(d->st_mode)) {
+    if (S_ISDIR(v->st_mode)) {
         fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
         return STOP_HERE;
     }
@@ -494,33 +584,13 @@ static int check_existing(struct ectx *x, const struct stat *d)
         return STOP_HERE;
     if (e->type != MPCP_T_REG)
         return GO;
-    if (d->st_dev == e->dev && d->st_ino == e->ino && !other_name_ok(x)) {
-        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
-        return STOP_HERE;
-    }
     if (is_special(d->st_mode) && !replaces_name(opt)) {
         /* cp opens an existing fifo or device and writes into it: a reader may wait there. */
         x->special_dest = true;
         return THROUGH_LINK;
     }
-    if (!S_ISLNK(d->st_mode) || replaces_name(opt))
+    if (!through)
         return GO;
-    struct stat t;
-    if (fstatat(x->dfd, e->dst_name, &t, 0) < 0) {
-        if (opt->force && unlinkat(x->dfd, e->dst_name, 0) == 0)
-            return GO;
-        x->r->flags |= MPCP_R_ATTEMPTED;
-        fail(x, 0, "not writing through dangling symlink %s", dst_q(x), NULL);
-        return STOP_HERE;
-    }
-    if (t.st_dev == e->dev && t.st_ino == e->ino) {
-        fail(x, 0, "%s and %s are the same file", src_q(x), dst_q(x));
-        return STOP_HERE;
-    }
-    if (S_ISDIR(t.st_mode)) {
-        fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
-        return STOP_HERE;
-    }
     return pin_link(x) < 0 ? STOP_HERE : THROUGH_LINK;
 }
 
@@ -566,6 +636,31 @@ static bool removable(struct ectx *x, const struct stat *d)
     return false;
 }
 
+/*
+ * A simple backup of the destination that would take the source's own
+ * name (cp --backup=simple a~ a): backing up would replace the source, so
+ * cp refuses to copy. Numbered backups cannot clash so; a source named
+ * "." or ".." is never a backup's name. Records the refusal.
+ */
+static bool backup_is_source(struct ectx *x)
+{
+    const struct mpcp_opts *opt = x->opt;
+    if (opt->backup == MPCP_BACKUP_NONE || opt->backup == MPCP_BACKUP_NUMBERED)
+        return false;
+    const char *src = x->e->name, *dst = x->e->dst_name;
+    size_t n = strlen(dst);
+    if (!strcmp(src, ".") || !strcmp(src, "..") || strncmp(src, dst, n) != 0 ||
+        strcmp(src + n, opt->suffix) != 0)
+        return false;
+    char name[NAME_MAX + 2];
+    struct stat b;
+    if ((size_t)snprintf(name, sizeof name, "%s%s", dst, opt->suffix) >= sizeof name ||
+        fstatat(x->dfd, name, &b, 0) < 0 || b.st_dev != x->e->dev || b.st_ino != x->e->ino)
+        return false;
+    fail(x, 0, "backing up %s might destroy source;  %s not copied", dst_q(x), src_q(x));
+    return true;
+}
+
 /* Stats the destination unless its folder is new. *exists tells. Returns GO or STOP_HERE. */
 static int look_at_dest(struct ectx *x, struct stat *d, bool *exists, bool *through)
 {
@@ -586,8 +681,15 @@ static int look_at_dest(struct ectx *x, struct stat *d, bool *exists, bool *thro
     int rc = check_existing(x, d);
     if (rc == THROUGH_LINK) {
         *through = true;
+        *exists = !x->through_new;
         rc = GO;
     }
+    if (rc == GONE) {
+        *exists = false;
+        return GO;
+    }
+    if (rc == GO && backup_is_source(x))
+        return STOP_HERE;
     if (rc == GO && replaces_name(x->opt) && !removable(x, d))
         return STOP_HERE;
     if (rc == GO) {
@@ -911,6 +1013,47 @@ static mode_t create_mode(struct ectx *x, int sfd)
     return mode;
 }
 
+/* The mode, as cp leaves it: a new file's, or with -p the source's. Returns 0 or -1 (recorded). */
+static int file_mode(struct ectx *x, int fd, bool exists, const struct stat *d, bool created,
+                     bool owner_failed)
+{
+    const struct mpcp_opts *opt = x->opt;
+    mode_t mode;
+    if (!created && !opt->p_mode)
+        return 0; /* written in place: the file keeps its mode, as with cp */
+    if (exists && created && !opt->p_mode)
+        mode = d->st_mode & 07777;
+    else
+        mode = mpcp_new_file_mode(opt, x->e->mode, owner_failed);
+    if (created && mode == (0600 & ~opt->umask) && !(mode & ~0777))
+        return 0;
+    if (x->made_mode && mode == x->made_mode)
+        return 0; /* created with it (create_mode) */
+    if (fchmod(fd, mode) < 0) {
+        fail(x, errno, "setting permissions for %s", dst_q(x), NULL);
+        return -1;
+    }
+    return 0;
+}
+
+/*
+ * cp -p keeps the mode as the source's ACL has it: its extra entries too,
+ * and none where the source has none, though the file was written in
+ * place or a default ACL gave it some. (-a copies the ACL with the other
+ * xattrs.) After the chmod, which would otherwise rewrite the ACL's mask.
+ * Returns 0 or -1 (recorded).
+ */
+static int keep_acl(struct ectx *x, int sfd, int fd, bool created)
+{
+    if (!x->opt->p_mode || x->opt->p_xattr || sfd < 0 || x->xattrs == 0)
+        return 0;
+    int rc = mpcp_copy_acl(sfd, fd, false, !created || folder_default_acl(x));
+    if (rc == 0)
+        return 0;
+    fail(x, -rc, "preserving permissions for %s", dst_q(x), NULL);
+    return -1;
+}
+
 /* Times, owner, xattrs, mode on the new file's descriptor, in cp's order. */
 static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const struct stat *d,
                          bool created)
@@ -950,22 +1093,9 @@ static int file_metadata(struct ectx *x, int sfd, int fd, bool exists, const str
             return -1;
         }
     }
-    mode_t mode;
-    if (!created && !opt->p_mode)
-        return 0; /* written in place: the file keeps its mode, as with cp */
-    if (exists && created && !opt->p_mode)
-        mode = d->st_mode & 07777;
-    else
-        mode = mpcp_new_file_mode(opt, e->mode, owner_failed);
-    if (created && mode == (0600 & ~opt->umask) && !(mode & ~0777))
-        return 0;
-    if (x->made_mode && mode == x->made_mode)
-        return 0; /* created with it (create_mode) */
-    if (fchmod(fd, mode) < 0) {
-        fail(x, errno, "setting permissions for %s", dst_q(x), NULL);
+    if (file_mode(x, fd, exists, d, created, owner_failed) < 0)
         return -1;
-    }
-    return 0;
+    return keep_acl(x, sfd, fd, created);
 }
 
 /*
@@ -1090,6 +1220,8 @@ static int open_dest_once(struct ectx *x, int sfd, bool exists, bool through, ch
                      : openat(x->dfd, x->e->dst_name, O_WRONLY | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
     } else if (through && x->special_dest) {
         fd = openat(x->dfd, x->e->dst_name, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY | O_NOFOLLOW);
+    } else if (through && x->through_new) {
+        fd = openat(x->dfd, x->through, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOCTTY, 0600);
     } else if (through) {
         fd = openat(x->dfd, x->through, O_WRONLY | O_TRUNC | O_CLOEXEC | O_NOCTTY);
     } else if (x->opt->inplace && exists) {
@@ -1241,7 +1373,7 @@ static void exec_reg(struct ectx *x)
         rc = mpcp_copy_data(x->opt, sfd, fd, x->ddev, (off_t)x->e->size, (blkcnt_t)x->e->blocks,
                             &copied, &side);
     x->r->bytes = copied;
-    bool created = tmp[0] || x->anon || (x->opt->inplace && !exists);
+    bool created = tmp[0] || x->anon || (x->opt->inplace && !exists) || x->through_new;
     if (rc < 0)
         data_failed(x, -rc, side);
     else
@@ -1374,16 +1506,38 @@ static char *read_link(struct ectx *x)
     }
 }
 
+/*
+ * --attributes-only copies no data, so cp removes no existing destination
+ * to make room for a symlink, fifo or device (a hard-linked or regular file
+ * there keeps its data): making the node fails with EEXIST, as it does
+ * with cp, unless -f lets a symlink replace it. --remove-destination and
+ * -b move the old file aside first. Records the failure (what: cp's
+ * message).
+ */
+static bool kept_by_attributes_only(struct ectx *x, bool exists, const char *what)
+{
+    const struct mpcp_opts *opt = x->opt;
+    if (!exists || !opt->attributes_only || replaces_name(opt))
+        return false;
+    if (x->e->type == MPCP_T_LNK && opt->force)
+        return false;
+    fail(x, EEXIST, what, dst_q(x), NULL);
+    return true;
+}
+
 static void exec_symlink(struct ectx *x)
 {
     struct stat d;
     bool exists, through;
-    if (look_at_dest(x, &d, &exists, &through) != GO)
+    if (look_at_dest(x, &d, &exists, &through) != GO ||
+        kept_by_attributes_only(x, exists, "cannot create symbolic link %s"))
         return;
     char *target = read_link(x);
     if (!target)
         return;
-    if (exists && x->opt->deref == MPCP_DEREF_NEVER)
+    /* cp removes the old file first (-v says so), but under --attributes-only -f replaces it. */
+    if (exists && x->opt->deref == MPCP_DEREF_NEVER &&
+        (!x->opt->attributes_only || replaces_name(x->opt)))
         x->r->flags |= MPCP_R_REPLACED;
     char tmp[NAME_MAX + 1];
     mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
@@ -1405,10 +1559,10 @@ static void exec_special(struct ectx *x)
 {
     struct stat d;
     bool exists, through;
-    if (look_at_dest(x, &d, &exists, &through) != GO)
-        return;
     const char *what =
         x->e->type == MPCP_T_FIFO ? "cannot create fifo %s" : "cannot create special file %s";
+    if (look_at_dest(x, &d, &exists, &through) != GO || kept_by_attributes_only(x, exists, what))
+        return;
     /*
      * cp removes an existing file for a fifo or device only where it did
      * not follow a symlink to reach the source (-P, or below the operands
@@ -1528,7 +1682,7 @@ static int look_at_link_dest(struct ectx *x, struct stat *d, bool *exists)
             return STOP_HERE;
         }
     }
-    if (*exists && check_link_dest(x, d) != GO)
+    if (*exists && (check_link_dest(x, d) != GO || backup_is_source(x)))
         return STOP_HERE;
     x->r->flags |= MPCP_R_ATTEMPTED;
     return GO;
@@ -1904,6 +2058,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         x->xattrs = -1;
         x->backup_due = false;
         x->special_dest = false;
+        x->through_new = false;
         x->backup[0] = '\0';
         x->r = &r;
         x->src_q[0] = x->dst_q[0] = '\0';

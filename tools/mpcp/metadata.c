@@ -106,3 +106,36 @@ int mpcp_copy_xattrs(int src_fd, int dst_fd, bool quiet_unsupported)
     free(list);
     return rc;
 }
+
+/*
+ * One ACL xattr of src onto dst. Where src has none, one that dst may have
+ * (clear) is removed: cp -p leaves the mode alone then.
+ */
+static int copy_acl_xattr(int src, int dst, const char *name, bool clear)
+{
+    ssize_t size = fgetxattr(src, name, NULL, 0);
+    if (size < 0 && errno == ENODATA && clear && fremovexattr(dst, name) < 0 && errno != ENODATA &&
+        errno != ENOTSUP)
+        return -errno;
+    if (size < 0)
+        return errno == ENODATA || errno == ENOTSUP ? 0 : -errno;
+    char *value = malloc(size > 0 ? (size_t)size : 1);
+    if (!value)
+        return -ENOMEM;
+    int rc = 0;
+    ssize_t n = fgetxattr(src, name, value, (size_t)size);
+    if (n < 0)
+        rc = errno == ENODATA ? 0 : -errno;
+    else if (fsetxattr(dst, name, value, (size_t)n, 0) < 0)
+        rc = -errno;
+    free(value);
+    return rc;
+}
+
+int mpcp_copy_acl(int src_fd, int dst_fd, bool dir, bool clear)
+{
+    int rc = copy_acl_xattr(src_fd, dst_fd, "system.posix_acl_access", clear);
+    if (rc == 0 && dir)
+        rc = copy_acl_xattr(src_fd, dst_fd, "system.posix_acl_default", clear);
+    return rc;
+}

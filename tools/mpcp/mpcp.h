@@ -129,6 +129,15 @@ void mpcp_progress_stop(struct mpcp_progress **p);
 int mpcp_copy_xattrs(int src_fd, int dst_fd, bool quiet_unsupported);
 
 /*
+ * Copies src's POSIX ACL to dst (fds), and a folder's default ACL (dir):
+ * what cp -p keeps with the mode (a file has an ACL xattr only where it
+ * says more than the mode). Where src has none, clear removes dst's, as cp
+ * -p does (one inherited from a folder's default ACL, an existing file's);
+ * without clear the caller knows dst has none. Returns 0 or -errno.
+ */
+int mpcp_copy_acl(int src_fd, int dst_fd, bool dir, bool clear);
+
+/*
  * The mode a new file or folder gets under cp's rules, given the source mode
  * and whether keeping the owner was asked for and failed. Existing
  * destinations keep their mode unless --preserve=mode.

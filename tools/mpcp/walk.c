@@ -868,18 +868,24 @@ static void fill_entry(struct mpcp_entry *e, const struct stat *st)
     e->mtime_nsec = (uint32_t)st->st_mtim.tv_nsec;
 }
 
+/*
+ * Whether --preserve=links keeps track of a file met with flags: one with
+ * other names, and, as cp does, every file reached through symlinks (-L,
+ * or an operand under -H), where two names may lead to one file.
+ */
+static bool tracks_links(const struct planner *p, const struct stat *st, uint8_t flags)
+{
+    if (!p->opt->p_links || S_ISDIR(st->st_mode))
+        return false;
+    return st->st_nlink > 1 || (flags & MPCP_E_FOLLOW);
+}
+
 /* Fills the hard-link fields: a later member links to the first copy. */
 static void plan_links(struct planner *p, struct mpcp_entry *e, const struct stat *st,
                        char **to_free)
 {
     *to_free = NULL;
-    /*
-     * Through followed symlinks two names can reach one inode of one link:
-     * cp then tracks every file (-L), or every operand (-H).
-     */
-    bool followed = p->opt->deref == MPCP_DEREF_ALWAYS ||
-                    ((p->batch_top || p->ops_open) && p->opt->deref == MPCP_DEREF_CMDLINE);
-    if (!p->opt->p_links || S_ISDIR(st->st_mode) || (st->st_nlink < 2 && !followed))
+    if (!tracks_links(p, st, e->flags))
         return;
     /*
      * cp -l links every name to the source itself; cp -s where it refuses
@@ -964,7 +970,7 @@ static bool chunkable(const struct planner *p, const struct stat *st, uint8_t fl
         o->reflink == MPCP_REFLINK_ALWAYS)
         return false;
     /* A hard-link group's first copy: its links wait for its batch, not for ranges. */
-    return !(o->p_links && st->st_nlink > 1);
+    return !tracks_links(p, st, flags);
 }
 
 static void free_chunked(struct chunked *c)
@@ -1394,6 +1400,12 @@ static void dir_metadata(struct planner *p, const struct stat *sst, struct dir_s
     }
     if (fchmod(ds->dfd, mode) < 0)
         say(p, errno, "setting permissions for %s", disp, NULL);
+    /* cp -p keeps the ACLs with the mode (-a copies them with the xattrs). */
+    if (opt->p_mode && !opt->p_xattr && ds->sfd >= 0) {
+        int rc = mpcp_copy_acl(ds->sfd, ds->dfd, true, true);
+        if (rc < 0)
+            say(p, -rc, "preserving permissions for %s", disp, NULL);
+    }
 }
 
 static void stat_failed(struct planner *p, const char *name, int err)
@@ -1987,28 +1999,79 @@ static void copy_top_file(struct planner *p, const struct operand *o, const stru
  * source twice is a warning and copied once; another source would overwrite
  * what this run just made, which cp refuses (folders merge).
  */
+/* What this run made at d, a top-level destination's lstat, or NULL. */
+static const struct made *made_at(const struct planner *p, const struct stat *d)
+{
+    for (size_t i = 0; i < p->n_made; i++)
+        if (p->made[i].ddev == d->st_dev && p->made[i].dino == d->st_ino)
+            return &p->made[i];
+    return NULL;
+}
+
+/*
+ * Whether cp looks at an existing destination itself rather than through
+ * a symlink there: it writes a regular file's data through one (and, but
+ * under -R, a fifo's or device's, read as a file), and replaces it
+ * otherwise.
+ */
+static bool dest_not_followed(const struct mpcp_opts *opt, const struct stat *src)
+{
+    bool as_file = S_ISREG(src->st_mode) || ((!opt->recursive || opt->copy_contents) &&
+                                             !S_ISDIR(src->st_mode) && !S_ISLNK(src->st_mode));
+    return !as_file || opt->symbolic_link || opt->hard_link || opt->backup != MPCP_BACKUP_NONE ||
+           opt->remove_dest;
+}
+
+/*
+ * A symlink this run made, where a later operand's data would be written
+ * through it (a/1 -> ../t, then b/1, into c): cp refuses, so that an
+ * operand cannot write where an earlier one pointed, unless the link leads
+ * to a file this run made (then it is that file's "just-created").
+ */
+static bool through_made_link(struct planner *p, const struct operand *o)
+{
+    struct stat t;
+    bool target = fstatat(o->dparent, o->dbase, &t, 0) == 0;
+    if (target && made_at(p, &t)) {
+        say(p, 0, "will not overwrite just-created %s with %s", o->dst_disp, o->src_arg);
+        return true;
+    }
+    if (target && p->opt->update == MPCP_UPDATE_NONE)
+        return false; /* cp -n leaves what is there before it looks at the link */
+    say(p, 0, "will not copy %s through just-created symlink %s", o->src_arg, o->dst_disp);
+    return true;
+}
+
+/*
+ * cp's checks of an operand against what earlier operands made: the same
+ * source again is a warning (a file's only with no backups: else it is
+ * backed up), another onto a name made before an error, unless numbered
+ * backups keep both.
+ */
 static bool already_made(struct planner *p, const struct operand *o, const struct stat *src)
 {
     struct stat d;
     if (!p->track_made || fstatat(o->dparent, o->dbase, &d, AT_SYMLINK_NOFOLLOW) < 0)
         return false;
-    for (size_t i = 0; i < p->n_made; i++) {
-        const struct made *m = &p->made[i];
-        if (m->ddev != d.st_dev || m->dino != d.st_ino)
-            continue;
-        if (m->sdev == src->st_dev && m->sino == src->st_ino) {
-            warn(p,
-                 S_ISDIR(src->st_mode) ? "warning: source directory %s specified more than once"
-                                       : "warning: source file %s specified more than once",
-                 o->src_arg);
-            return true;
-        }
-        if (S_ISDIR(src->st_mode))
-            return false;
-        say(p, 0, "will not overwrite just-created %s with %s", o->dst_disp, o->src_arg);
+    const struct made *m = made_at(p, &d);
+    if (!m)
+        return false;
+    bool warn_only = p->opt->backup == MPCP_BACKUP_NONE || S_ISDIR(src->st_mode);
+    if (warn_only && m->sdev == src->st_dev && m->sino == src->st_ino) {
+        warn(p,
+             S_ISDIR(src->st_mode) ? "warning: source directory %s specified more than once"
+                                   : "warning: source file %s specified more than once",
+             o->src_arg);
         return true;
     }
-    return false;
+    if (S_ISDIR(src->st_mode))
+        return false;
+    if (S_ISLNK(d.st_mode) && !dest_not_followed(p->opt, src))
+        return through_made_link(p, o);
+    if (p->opt->backup == MPCP_BACKUP_NUMBERED)
+        return false;
+    say(p, 0, "will not overwrite just-created %s with %s", o->dst_disp, o->src_arg);
+    return true;
 }
 
 static void remember_made(struct planner *p, const struct operand *o, const struct stat *src)
