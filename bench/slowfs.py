@@ -20,6 +20,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -160,6 +161,8 @@ def main():
     ap.add_argument("--no-refs", action="store_true", help="mpcp only (not for the published table)")
     args = ap.parse_args()
     args.jobs = [int(j) for j in args.jobs.split(",") if j]
+    # A kill of the run still unmounts (run's finally): no mount is left behind.
+    signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit("bench/slowfs.py: terminated"))
     for tool in ("cp", "rsync", "fusermount3"):
         if not shutil.which(tool):
             sys.exit("bench/slowfs.py: %s is missing (scripts/install-deps --bench)" % tool)
