@@ -1879,8 +1879,39 @@ static void warn_unlinked(struct ectx *x, const char *link_q)
     x->r->msg = x->msg;
 }
 
+/*
+ * First copies of hard-link groups that failed in this task: a later name
+ * of the group in the same task is copied by itself (cp forgets a failed
+ * first copy), not linked to what the destination held. Later tasks are
+ * rewritten by the planner, which waits for the first copies (walk.c).
+ */
+#define MAX_FAILED_LEADERS 64
+struct failed_leader {
+    uint64_t dev, ino;
+};
+static struct failed_leader failed_leaders[MAX_FAILED_LEADERS];
+static size_t n_failed_leaders;
+
+static void remember_failed_leader(const struct mpcp_entry *e)
+{
+    if (n_failed_leaders < MAX_FAILED_LEADERS)
+        failed_leaders[n_failed_leaders++] = (struct failed_leader){e->dev, e->ino};
+}
+
+static bool leader_failed_here(const struct mpcp_entry *e)
+{
+    for (size_t i = 0; i < n_failed_leaders; i++)
+        if (failed_leaders[i].dev == e->dev && failed_leaders[i].ino == e->ino)
+            return true;
+    return false;
+}
+
 static void exec_hardlink(struct ectx *x)
 {
+    if (x->e->mode && S_ISREG(x->e->mode) && leader_failed_here(x->e)) {
+        exec_reg_copy(x);
+        return;
+    }
     const char *base;
     int tdir = open_link_dir(x, &base);
     char link_q[PATH_MAX * 2];
@@ -2038,6 +2069,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
     struct ectx *x = malloc(sizeof *x);
     if (!x)
         return -ENOMEM;
+    n_failed_leaders = 0;
     bool stop = false;
     for (uint32_t i = 0; i < t.count && !stop; i++) {
         struct mpcp_entry e;
@@ -2075,6 +2107,8 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         } else {
             exec_entry(x);
         }
+        if ((e.flags & MPCP_E_LEADER) && r.status == MPCP_FAILED)
+            remember_failed_leader(&e);
         stop = r.flags & MPCP_R_STOP;
         rc = mpcp_result_add(result, &r);
         if (rc)

@@ -806,12 +806,72 @@ static struct flight *take_off(struct planner *p, struct mpcp_buf *task, struct 
     return f;
 }
 
+/* Whether e, a link to a first copy, lost it: that copy failed (forget_leader) or was replaced. */
+static bool leader_lost(struct planner *p, const struct mpcp_entry *e)
+{
+    if (e->type != MPCP_T_HARDLINK)
+        return false;
+    const struct link_slot *s = link_find(p, (dev_t)e->dev, (ino_t)e->ino);
+    return !s || !s->path || strcmp(s->path, e->link_target) != 0;
+}
+
+/*
+ * Rule (2) held the batch until its first copies reported. Where one failed
+ * (an unreadable source, a destination that could not be written), the name
+ * there is not the copy: cp forgets it, and the later names are copied by
+ * themselves. Returns false when the batch could not be rewritten (memory).
+ */
+static bool copy_where_leaders_failed(struct planner *p)
+{
+    struct mpcp_task t;
+    size_t pos, scan;
+    if (mpcp_task_decode_header(p->task.data, p->task.len, &t, &pos))
+        return true;
+    bool any = false;
+    scan = pos;
+    for (uint32_t i = 0; i < t.count && !any; i++) {
+        struct mpcp_entry e;
+        if (mpcp_task_decode_entry(p->task.data, p->task.len, &scan, &e))
+            return true;
+        any = leader_lost(p, &e);
+    }
+    if (!any)
+        return true;
+    struct mpcp_buf out = {0};
+    int rc = mpcp_buf_put(&out, p->task.data, p->task_header);
+    mpcp_task_truncate(&out, p->task_header);
+    for (uint32_t i = 0; i < t.count && rc == 0; i++) {
+        struct mpcp_entry e;
+        rc = mpcp_task_decode_entry(p->task.data, p->task.len, &pos, &e);
+        if (rc == 0 && leader_lost(p, &e)) {
+            e.type = entry_type(e.mode, p->opt);
+            e.rdev = 0;
+            e.link_target = "";
+            e.link_disp = "";
+        }
+        rc = rc ? rc : mpcp_task_add(&out, &e);
+    }
+    if (rc) {
+        free(out.data);
+        return false;
+    }
+    free(p->task.data);
+    p->task = out;
+    return true;
+}
+
 /* Hands the batch to a worker; its bytes move to the flight record. */
 static void submit(struct planner *p)
 {
     /* Rule (2): hard links wait for the tasks holding their first copies. */
+    bool held = p->batch_dep != 0;
     while (p->batch_dep && in_flight_upto(p, p->batch_dep) && !mpcp_interrupted)
         wait_some(p);
+    if (held && !copy_where_leaders_failed(p)) {
+        say(p, ENOMEM, "cannot copy %s", p->src_disp.s, NULL);
+        batch_reset(p);
+        return;
+    }
     if (!wait_room(p)) {
         batch_reset(p); /* this batch is not started */
         return;
