@@ -36,13 +36,13 @@ const struct mpcp_dir_record *mpcp_dirs_find(const struct mpcp_dir_records *t, d
     }
 }
 
-static void put(struct mpcp_dir_records *t, struct mpcp_dir_record r)
+/* The empty slot where (dev, ino) goes. */
+static struct mpcp_dir_record *free_slot(struct mpcp_dir_records *t, dev_t dev, ino_t ino)
 {
-    size_t i = slot_of(t, r.dev, r.ino);
+    size_t i = slot_of(t, dev, ino);
     while (t->v[i].dst)
         i = (i + 1) & (t->cap - 1);
-    t->v[i] = r;
-    t->n++;
+    return &t->v[i];
 }
 
 /* Doubles the table (kept at most half full, so that a search always ends). */
@@ -58,9 +58,12 @@ static int grow(struct mpcp_dir_records *t)
     }
     t->cap = cap;
     t->n = 0;
-    for (size_t i = 0; i < old_cap; i++)
-        if (old[i].dst)
-            put(t, old[i]);
+    for (size_t i = 0; i < old_cap; i++) {
+        if (!old[i].dst)
+            continue;
+        *free_slot(t, old[i].dev, old[i].ino) = old[i];
+        t->n++;
+    }
     free(old);
     return 0;
 }
@@ -71,10 +74,14 @@ int mpcp_dirs_add(struct mpcp_dir_records *t, dev_t dev, ino_t ino, const char *
         return 0; /* the first name stays, as cp's table keeps it */
     if ((t->n + 1) * 2 > t->cap && grow(t) < 0)
         return -ENOMEM;
-    char *copy = strdup(dst);
-    if (!copy)
+    struct mpcp_dir_record *r = free_slot(t, dev, ino);
+    r->dst = strdup(dst);
+    if (!r->dst)
         return -ENOMEM;
-    put(t, (struct mpcp_dir_record){dev, ino, copy, made});
+    r->dev = dev;
+    r->ino = ino;
+    r->made = made;
+    t->n++;
     return 0;
 }
 
