@@ -2584,13 +2584,17 @@ static void plan_one(struct planner *p, struct plan *pl, const char *src, const 
     int rc = open_parent(NULL, src, &o->sparent, &o->sbase);
     if (rc == 0)
         rc = follow_slash(o);
+    /* Said and not copied; in the plan, so that free_plan() frees its names. */
+    pl->n = 1;
     if (rc < 0) {
         say(p, -rc, "cannot stat %s", src, NULL);
+        o->reported = true;
         return;
     }
     rc = open_parent(NULL, dst, &o->dparent, &dbase);
     if (rc < 0) {
         say_no_dest_folder(p, o, dst, -rc);
+        o->reported = true;
         return;
     }
     /* The destination's base name lives as long as the plan, in clean. */
@@ -2601,7 +2605,6 @@ static void plan_one(struct planner *p, struct plan *pl, const char *src, const 
         o->err = ENOMEM;
     clean_top_folder(p, o->dparent);
     register_root(o);
-    pl->n = 1;
 }
 
 /* Lets already_made() see what the earlier operands of this name made. */
@@ -2767,7 +2770,7 @@ static bool worth_workers(const struct planner *p, const struct plan *pl)
     const struct operand *o = &pl->ops[0];
     int follow = p->opt->deref == MPCP_DEREF_NEVER ? AT_SYMLINK_NOFOLLOW : 0;
     struct stat st;
-    return !o->err && o->sbase && p->opt->recursive &&
+    return !o->err && !o->reported && o->sbase && p->opt->recursive &&
            fstatat(o->sparent, o->sbase, &st, follow) == 0 && S_ISDIR(st.st_mode);
 }
 
