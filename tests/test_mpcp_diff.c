@@ -495,6 +495,28 @@ static void setup_met_twice(int dir)
     close(sub_dir(dir, "o", 0755));
 }
 
+/*
+ * Symlinks to their own folder (cycles with -L) whose destination is a
+ * file: cp says what is in the way before it says the cycle (found by the
+ * random rounds, seed 1796604737).
+ */
+static void setup_cycle_onto_file(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    must(symlinkat(".", s, "a"), "symlink", "a");
+    must(symlinkat(".", s, "g"), "symlink", "g");
+    int d = sub_dir(s, "d", 0755);
+    must(symlinkat("..", d, "up"), "symlink", "up");
+    close(d);
+    close(s);
+    int o = sub_dir(dir, "o", 0755);
+    put_file(o, "g", "a file where the cycle would go\n", 0644);
+    int od = sub_dir(o, "d", 0755);
+    put_file(od, "up", "a file where the folder met before would go\n", 0644);
+    close(od);
+    close(o);
+}
+
 /* Names that reach one inode through symlinks, and a link group whose first name cannot be read. */
 static void setup_links_via_symlinks(int dir)
 {
@@ -1186,6 +1208,11 @@ CASE(folder_operand_inside_another, .setup = setup_met_twice, .args = {"-r", "s/
 CASE(folder_operand_inside_another_L, .setup = setup_met_twice,
      .args = {"-rL", "s/a/b", "s/a", "o"})
 CASE(cyclic_symlink_with_L, .setup = setup_met_twice, .args = {"-rL", "s", "o/new"})
+CASE(cycle_onto_a_file_L, .setup = setup_cycle_onto_file, .args = {"-rL", "-T", "s", "o"})
+CASE(cycle_onto_a_file_L_one_job, .setup = setup_cycle_onto_file, .args = {"-rL", "-T", "s", "o"},
+     .jobs = "1")
+CASE(cycle_links_as_links_onto_files, .setup = setup_cycle_onto_file,
+     .args = {"-r", "-T", "s", "o"})
 CASE(links_through_H_operands, .setup = setup_links_via_symlinks,
      .args = {"-H", "--preserve=links", "l1", "l2", "f", "d"})
 CASE(links_through_L, .setup = setup_links_via_symlinks,

@@ -406,10 +406,13 @@ static int take_all(void *arg)
 
 static void wait_state(pid_t pid, char want)
 {
+    /* Seen once is enough: a sleeper wakes now and then to look at its peers (R for a moment). */
     int64_t until = test_now_ms() + 10000;
-    while (test_process_state(pid) != want && test_now_ms() < until)
+    char state;
+    while ((state = test_process_state(pid)) != want && test_now_ms() < until)
         usleep(10000);
-    cr_assert_eq(test_process_state(pid), want, "pid %d never reached state %c", (int)pid, want);
+    cr_assert_eq(state, want, "pid %d never reached state %c (last seen: %c)", (int)pid, want,
+                 state ? state : '-');
 }
 
 /*

@@ -1794,12 +1794,27 @@ static void read_contents(struct planner *p, struct frame *f, bool top)
         say(p, -rc, "cannot access %s", p->src_disp.s, NULL);
 }
 
+/*
+ * cp looks at the destination before it sees that a folder was met before
+ * or is its own ancestor: a non-folder there is what it says then.
+ */
+static bool dest_is_not_dir(struct planner *p, int dparent, const char *dname)
+{
+    struct stat d;
+    if (p->opt->dry_run || fstatat(dparent, dname, &d, AT_SYMLINK_NOFOLLOW) < 0 ||
+        S_ISDIR(d.st_mode))
+        return false;
+    say(p, 0, "cannot overwrite non-directory %s with directory %s", p->dst_disp.s, p->src_disp.s);
+    return true;
+}
+
 /* A folder that is its own ancestor (through a symlink with -L, or a bind mount), as cp says it. */
-static bool cyclic(struct planner *p, const struct stat *sst)
+static bool cyclic(struct planner *p, const struct stat *sst, int dparent, const char *dname)
 {
     if (!is_ancestor(p, sst))
         return false;
-    say(p, 0, "cannot copy cyclic symbolic link %s", p->src_disp.s, NULL);
+    if (!dest_is_not_dir(p, dparent, dname))
+        say(p, 0, "cannot copy cyclic symbolic link %s", p->src_disp.s, NULL);
     return true;
 }
 
@@ -1808,18 +1823,18 @@ static bool cyclic(struct planner *p, const struct stat *sst)
  * destination reached through a symlink ends the operand, as in cp; a
  * source folder met again is copied again with -L, refused otherwise.
  */
-static bool met_before(struct planner *p, const struct stat *sst)
+static bool met_before(struct planner *p, const struct stat *sst, int dparent, const char *dname)
 {
     const struct mpcp_dir_record *r = mpcp_dirs_find(&p->dirs, sst->st_dev, sst->st_ino);
-    if (!r)
+    if (!r || (!r->made && p->opt->deref == MPCP_DEREF_ALWAYS))
         return false;
+    if (dest_is_not_dir(p, dparent, dname))
+        return true;
     if (r->made) {
         say(p, 0, "cannot copy a directory, %s, into itself, %s", p->top_src, p->top_dst);
         p->into_self = true;
         return true;
     }
-    if (p->opt->deref == MPCP_DEREF_ALWAYS)
-        return false;
     say(p, 0, "will not create hard link %s to directory %s", p->dst_disp.s, r->dst);
     return true;
 }
@@ -1842,7 +1857,7 @@ static void record_first_dir(struct planner *p, const struct dir_state *ds)
 static bool enter_dir(struct planner *p, int sparent, const char *sname, int dparent,
                       const char *dname, bool top, struct frame *f)
 {
-    if ((!top && met_before(p, &f->sst)) || cyclic(p, &f->sst))
+    if ((!top && met_before(p, &f->sst, dparent, dname)) || cyclic(p, &f->sst, dparent, dname))
         return false;
     struct dir_state ds = {-1, -1, true, false, 0, 0};
     bool dry = p->opt->dry_run;
