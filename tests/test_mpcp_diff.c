@@ -7,6 +7,7 @@
  */
 #include "mpcp_tree.h"
 
+#include <limits.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/sysmacros.h>
@@ -514,6 +515,25 @@ static void setup_cycle_onto_file(int dir)
     int od = sub_dir(o, "d", 0755);
     put_file(od, "up", "a file where the folder met before would go\n", 0644);
     close(od);
+    close(o);
+}
+
+/*
+ * Below an -H operand cp copies with -P: a symlink or a fifo onto an
+ * existing file removes it first ("removed" with -v), and -l links them in
+ * its place (found by the random rounds, seeds 1796623471, 1796623342,
+ * 1796627742).
+ */
+static void setup_specials_onto_files(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    put_file(s, "f", "a file\n", 0644);
+    must(symlinkat("f", s, "l"), "symlink", "l");
+    must(mkfifoat(s, "p", 0644), "mkfifo", "p");
+    close(s);
+    int o = sub_dir(dir, "o", 0755);
+    put_file(o, "l", "in the way of a symlink\n", 0644);
+    put_file(o, "p", "in the way of a fifo\n", 0644);
     close(o);
 }
 
@@ -1213,6 +1233,12 @@ CASE(cycle_onto_a_file_L_one_job, .setup = setup_cycle_onto_file, .args = {"-rL"
      .jobs = "1")
 CASE(cycle_links_as_links_onto_files, .setup = setup_cycle_onto_file,
      .args = {"-r", "-T", "s", "o"})
+CASE(specials_below_H_onto_files, .setup = setup_specials_onto_files,
+     .args = {"-rH", "-v", "-T", "s", "o"})
+CASE(specials_below_H_linked_onto_files, .setup = setup_specials_onto_files,
+     .args = {"-rH", "-l", "-T", "s", "o"})
+CASE(specials_below_H_onto_files_one_job, .setup = setup_specials_onto_files,
+     .args = {"-rHv", "-T", "s", "o"}, .jobs = "1")
 CASE(links_through_H_operands, .setup = setup_links_via_symlinks,
      .args = {"-H", "--preserve=links", "l1", "l2", "f", "d"})
 CASE(links_through_L, .setup = setup_links_via_symlinks,
@@ -1811,7 +1837,12 @@ Test(mpcp_diff, random_trees_and_options_as_cp, .fini = remove_work, .timeout = 
     unsigned rounds = v && *v ? (unsigned)strtoul(v, NULL, 10) : 40;
     fprintf(stderr, "mpcp_diff random: seed %llu (replay: MPCP_DIFF_SEED=%llu), %u rounds\n",
             (unsigned long long)seed, (unsigned long long)seed, rounds);
-    for (unsigned round = 0; round < rounds; round++) {
+    /* MPCP_DIFF_ONLY=<round>: that round alone (with MPCP_TEST_KEEP=1, its folders stay). */
+    v = getenv("MPCP_DIFF_ONLY");
+    unsigned only = v && *v ? (unsigned)strtoul(v, NULL, 10) : UINT_MAX;
+    if (only != UINT_MAX)
+        rounds = only + 1;
+    for (unsigned round = only == UINT_MAX ? 0 : only; round < rounds; round++) {
         rnd_state = seed ^ (0x9e3779b97f4a7c15ull * (round + 1));
         rnd_round.seed = rnd();
         rnd_round.dest = pick(4) == 0 ? 0 : pick(6) == 0 ? 2 : 1;

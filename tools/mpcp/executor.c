@@ -480,16 +480,26 @@ static bool is_special(mode_t mode)
 static bool source_points_to(struct ectx *x, const struct stat *d);
 
 /*
+ * cp's -P for this entry: -P itself, or below an operand under -H (cp
+ * copies the operand's children with -P).
+ */
+static bool deref_never(const struct ectx *x)
+{
+    return x->opt->deref == MPCP_DEREF_NEVER ||
+           (x->opt->deref == MPCP_DEREF_CMDLINE && !(x->e->flags & MPCP_E_FOLLOW));
+}
+
+/*
  * -P: a symlink copied onto the file it points to would replace that file
  * with a link to itself, and cp refuses, as "the same file", before it
  * asks or checks anything else (-n skips the check). A backup keeps the
  * file, so -b goes ahead; so does a destination that is a symlink itself,
- * which is replaced. Not under -H: cp compares the inodes as they are then.
+ * which is replaced. An -H operand is followed: it is not a symlink here.
  */
 static bool symlink_onto_target(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_opts *opt = x->opt;
-    if (x->e->type != MPCP_T_LNK || opt->deref != MPCP_DEREF_NEVER)
+    if (x->e->type != MPCP_T_LNK || !deref_never(x))
         return false;
     if (opt->backup != MPCP_BACKUP_NONE || S_ISLNK(d->st_mode))
         return false;
@@ -1536,8 +1546,7 @@ static void exec_symlink(struct ectx *x)
     if (!target)
         return;
     /* cp removes the old file first (-v says so), but under --attributes-only -f replaces it. */
-    if (exists && x->opt->deref == MPCP_DEREF_NEVER &&
-        (!x->opt->attributes_only || replaces_name(x->opt)))
+    if (exists && deref_never(x) && (!x->opt->attributes_only || replaces_name(x->opt)))
         x->r->flags |= MPCP_R_REPLACED;
     char tmp[NAME_MAX + 1];
     mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
@@ -1625,7 +1634,7 @@ static bool same_name(struct ectx *x)
 static int link_same_file(struct ectx *x, const struct stat *d)
 {
     const struct mpcp_entry *e = x->e;
-    bool never = x->opt->deref == MPCP_DEREF_NEVER;
+    bool never = deref_never(x);
     bool src_link = S_ISLNK(e->mode), dst_link = S_ISLNK(d->st_mode);
     bool same;
     if (x->opt->hard_link) {
@@ -1695,8 +1704,7 @@ static int look_at_link_dest(struct ectx *x, struct stat *d, bool *exists)
  */
 static bool removed_first(const struct ectx *x, const struct stat *d)
 {
-    return (x->opt->p_links && d->st_nlink > 1) ||
-           (x->opt->deref == MPCP_DEREF_NEVER && !S_ISREG(x->e->mode));
+    return (x->opt->p_links && d->st_nlink > 1) || (deref_never(x) && !S_ISREG(x->e->mode));
 }
 
 static const char *link_failure(const struct ectx *x)
