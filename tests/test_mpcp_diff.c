@@ -737,6 +737,24 @@ static void setup_readonly_dest(int dir)
     close(o);
 }
 
+/* One file with a name in s, two in s/sub and one in s/sub/deep; s's name is already in o. */
+static void setup_group_across_folders(int dir)
+{
+    int s = sub_dir(dir, "s", 0755);
+    put_file(s, "a", "the group\n", 0644);
+    int sub = sub_dir(s, "sub", 0755);
+    must(linkat(s, "a", sub, "b", 0), "link", "b");
+    must(linkat(s, "a", sub, "c", 0), "link", "c");
+    int deep = sub_dir(sub, "deep", 0755);
+    must(linkat(s, "a", deep, "d", 0), "link", "d");
+    close(deep);
+    close(sub);
+    close(s);
+    int o = sub_dir(dir, "o", 0755);
+    put_file(o, "a", "kept by -n\n", 0644);
+    close(o);
+}
+
 static void setup_mount(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -1311,6 +1329,24 @@ CASE(unsearchable_link_target_dir_as_nobody, .setup = setup_unsearchable_link,
      .args = {"-t", "symlink", "F"}, .nobody = true)
 CASE(readonly_dest_force_as_nobody, .setup = setup_readonly_dest, .args = {"-rfT", "s", "o"},
      .nobody = true)
+/* -i onto a file nobody may write: "unwritable ... try anyway?", "replace ... overriding" with -f.
+ */
+CASE(readonly_dest_interactive_as_nobody, .setup = setup_readonly_dest, .args = {"-riT", "s", "o"},
+     .nobody = true)
+CASE(readonly_dest_interactive_force_as_nobody, .setup = setup_readonly_dest,
+     .args = {"-rifT", "s", "o"}, .nobody = true)
+/* -i -l asks before it links over a file (no answer: kept). */
+CASE(interactive_link_onto_a_file, .setup = setup_readonly_dest, .args = {"-rilT", "s", "o"})
+/*
+ * A link group's first copy that -n keeps is no copy: cp copies the next
+ * name and links the rest to it, in this task or in later ones.
+ */
+CASE(no_clobber_keeps_a_group_s_first_name, .setup = setup_group_across_folders,
+     .args = {"-rn", "--preserve=links", "-T", "s", "o"})
+CASE(no_clobber_keeps_a_group_s_first_name_one_job, .setup = setup_group_across_folders,
+     .args = {"-rn", "--preserve=links", "-T", "s", "o"}, .jobs = "1")
+CASE(no_clobber_keeps_a_group_s_first_name_four_jobs, .setup = setup_group_across_folders,
+     .args = {"-rn", "--preserve=links", "-T", "s", "o"}, .jobs = "4")
 CASE(one_file_system, .setup = setup_mount, .cleanup = unmount, .args = {"-ax", "s", "o"},
      .flags = CMP_MTIME)
 CASE(links_across_operands, .setup = setup_links_across, .args = {"-a", "s1", "s2", "loose", "o"},

@@ -451,8 +451,14 @@ static bool refused_by_user(struct ectx *x, const struct stat *d)
         for (int i = 0; i < 9; i++)
             perms[i] = (d->st_mode & (0400u >> i)) ? rwx[i] : '-';
         perms[9] = '\0';
-        fprintf(stderr, "%s: replace %s, overriding mode %04o (%s)? ", mpcp_program, dst_q(x),
-                (unsigned)(d->st_mode & 07777), perms);
+        /* cp's wording says what yes does: with -f or --remove-destination the file goes. */
+        unsigned mode = (unsigned)(d->st_mode & 07777);
+        if (x->opt->force || x->opt->remove_dest)
+            fprintf(stderr, "%s: replace %s, overriding mode %04o (%s)? ", mpcp_program, dst_q(x),
+                    mode, perms);
+        else
+            fprintf(stderr, "%s: unwritable %s (mode %04o, %s); try anyway? ", mpcp_program,
+                    dst_q(x), mode, perms);
     } else {
         fprintf(stderr, "%s: overwrite %s? ", mpcp_program, dst_q(x));
     }
@@ -582,6 +588,7 @@ static int check_existing(struct ectx *x, const struct stat *d)
      */
     if (opt->update == MPCP_UPDATE_OLDER && e->type != MPCP_T_HARDLINK && dst_newer_or_same(e, v)) {
         skip(x);
+        x->r->flags |= MPCP_R_KEPT;
         return STOP_HERE;
     }
     if (refused_by_user(x, v))
@@ -1670,8 +1677,11 @@ static int check_link_dest(struct ectx *x, const struct stat *d)
         return STOP_HERE;
     if (opt->update == MPCP_UPDATE_OLDER && dst_newer_or_same(x->e, d)) {
         skip(x);
+        x->r->flags |= MPCP_R_KEPT;
         return STOP_HERE;
     }
+    if (refused_by_user(x, d))
+        return STOP_HERE;
     if (S_ISDIR(d->st_mode)) {
         fail(x, 0, "cannot overwrite directory %s with non-directory", dst_q(x), NULL);
         return STOP_HERE;
@@ -1833,7 +1843,8 @@ static void exec_link(struct ectx *x)
             unlinkat(x->dfd, x->e->dst_name, 0);
         return;
     }
-    if (exists && (removed || x->backup_due || x->opt->force)) {
+    /* A yes to -i's question replaces it, as -f does. */
+    if (exists && (removed || x->backup_due || x->opt->force || x->opt->interactive)) {
         replace_with_link(x, text);
         return;
     }
@@ -2115,7 +2126,10 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         } else {
             exec_entry(x);
         }
-        if ((e.flags & MPCP_E_LEADER) && r.status == MPCP_FAILED)
+        /* -n and -i keep what is there, which is not a copy; -u keeps it as the copy. */
+        bool lost =
+            r.status == MPCP_FAILED || (r.status == MPCP_SKIPPED && !(r.flags & MPCP_R_KEPT));
+        if ((e.flags & MPCP_E_LEADER) && lost)
             remember_failed_leader(&e);
         stop = r.flags & MPCP_R_STOP;
         rc = mpcp_result_add(result, &r);

@@ -285,6 +285,7 @@ enum mpcp_status { MPCP_OK = 0, MPCP_SKIPPED = 1, MPCP_FAILED = 2 };
 #define MPCP_R_STOP      0x1u /* out of space or quota: the run must stop */
 #define MPCP_R_REPLACED  0x2u /* an existing destination was removed first (cp -v says so) */
 #define MPCP_R_ATTEMPTED 0x4u /* past cp's checks: cp -v names it even if it then failed */
+#define MPCP_R_KEPT      0x8u /* skipped by -u: cp links a group's later names to it */
 
 struct mpcp_result_entry {
     uint8_t status;

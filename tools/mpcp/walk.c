@@ -518,6 +518,9 @@ static void handle_result(struct planner *p, const struct mpcp_task *t, const st
     if (r->status == MPCP_SKIPPED) {
         /* The count left it out (the destination keeps it): not a file of the bar. */
         p->st.skipped++;
+        /* What -n or -i keeps is not a copy: cp links no later name to it (-u's it does). */
+        if ((e->flags & MPCP_E_LEADER) && !(r->flags & MPCP_R_KEPT))
+            forget_leader(p, e);
         return;
     }
     mpcp_progress_add(p->prog, 1, 0);
@@ -816,10 +819,51 @@ static bool leader_lost(struct planner *p, const struct mpcp_entry *e)
 }
 
 /*
+ * A lost first copy's group in the held batch: the name links to the group's
+ * newer first copy where the walk or an earlier batch made one (waiting for
+ * its task), or else is copied by itself and becomes the first copy, as cp
+ * remembers the next name it copies. Returns -1 when out of memory.
+ */
+static int relink_entry(struct planner *p, const struct mpcp_task *t, struct mpcp_entry *e)
+{
+    struct link_slot *s = link_find(p, (dev_t)e->dev, (ino_t)e->ino);
+    if (s && s->path) {
+        e->link_target = s->path;
+        e->link_disp = s->disp;
+        e->rdev = s->root;
+        if (s->seq != p->batch_seq && s->seq > p->batch_dep)
+            p->batch_dep = s->seq;
+        return 0;
+    }
+    e->type = entry_type(e->mode, p->opt);
+    e->rdev = 0;
+    e->link_target = "";
+    e->link_disp = "";
+    if (!s)
+        return 0;
+    bool top = t->flags & MPCP_TASK_TOP;
+    char *path = top ? strdup(e->dst_name) : join(t->dst_dir, e->dst_name);
+    char *disp = top ? strdup(t->dst_disp) : join(t->dst_disp, e->dst_name);
+    if (!path || !disp) {
+        free(path);
+        free(disp);
+        return -1;
+    }
+    s->path = path;
+    free(s->disp);
+    s->disp = disp;
+    s->root = t->dst_root;
+    s->seq = p->batch_seq;
+    e->flags |= MPCP_E_LEADER;
+    return 0;
+}
+
+/*
  * Rule (2) held the batch until its first copies reported. Where one failed
- * (an unreadable source, a destination that could not be written), the name
- * there is not the copy: cp forgets it, and the later names are copied by
- * themselves. Returns false when the batch could not be rewritten (memory).
+ * or was skipped (an unreadable source, a destination that could not be
+ * written or that -n keeps), the name there is not the copy: cp forgets it,
+ * and links the later names to the next one it copies. Returns false when
+ * the batch could not be rewritten (memory).
  */
 static bool copy_where_leaders_failed(struct planner *p)
 {
@@ -843,12 +887,8 @@ static bool copy_where_leaders_failed(struct planner *p)
     for (uint32_t i = 0; i < t.count && rc == 0; i++) {
         struct mpcp_entry e;
         rc = mpcp_task_decode_entry(p->task.data, p->task.len, &pos, &e);
-        if (rc == 0 && leader_lost(p, &e)) {
-            e.type = entry_type(e.mode, p->opt);
-            e.rdev = 0;
-            e.link_target = "";
-            e.link_disp = "";
-        }
+        if (rc == 0 && leader_lost(p, &e) && relink_entry(p, &t, &e) < 0)
+            rc = -ENOMEM;
         rc = rc ? rc : mpcp_task_add(&out, &e);
     }
     if (rc) {
@@ -865,12 +905,20 @@ static void submit(struct planner *p)
 {
     /* Rule (2): hard links wait for the tasks holding their first copies. */
     bool held = p->batch_dep != 0;
-    while (p->batch_dep && in_flight_upto(p, p->batch_dep) && !mpcp_interrupted)
-        wait_some(p);
-    if (held && !copy_where_leaders_failed(p)) {
-        say(p, ENOMEM, "cannot copy %s", p->src_disp.s, NULL);
-        batch_reset(p);
-        return;
+    for (;;) {
+        while (p->batch_dep && in_flight_upto(p, p->batch_dep) && !mpcp_interrupted)
+            wait_some(p);
+        if (!held)
+            break;
+        uint64_t dep = p->batch_dep;
+        if (!copy_where_leaders_failed(p)) {
+            say(p, ENOMEM, "cannot copy %s", p->src_disp.s, NULL);
+            batch_reset(p);
+            return;
+        }
+        /* Linked anew to a first copy still in flight: wait for it, then look again. */
+        if (p->batch_dep == dep || !in_flight_upto(p, p->batch_dep) || mpcp_interrupted)
+            break;
     }
     if (!wait_room(p)) {
         batch_reset(p); /* this batch is not started */
