@@ -456,6 +456,16 @@ static void print_backed_up(struct planner *p, const char *src, const char *dst,
     printf("%s -> %s (backup: %s)\n", qs, qd, qb);
 }
 
+/* s becomes the group's first copy: path and disp (owned from now on) in this batch. */
+static void take_slot(struct planner *p, struct link_slot *s, char *path, char *disp, uint32_t root)
+{
+    s->path = path;
+    free(s->disp);
+    s->disp = disp;
+    s->root = root;
+    s->seq = p->batch_seq;
+}
+
 static void forget_leader(struct planner *p, const struct mpcp_entry *e)
 {
     struct link_slot *s = link_find(p, (dev_t)e->dev, (ino_t)e->ino);
@@ -849,11 +859,7 @@ static int relink_entry(struct planner *p, const struct mpcp_task *t, struct mpc
         free(disp);
         return -1;
     }
-    s->path = path;
-    free(s->disp);
-    s->disp = disp;
-    s->root = t->dst_root;
-    s->seq = p->batch_seq;
+    take_slot(p, s, path, disp, t->dst_root);
     e->flags |= MPCP_E_LEADER;
     return 0;
 }
@@ -1017,11 +1023,7 @@ static void plan_links(struct planner *p, struct mpcp_entry *e, const struct sta
     char *disp = p->batch_top ? strdup(p->dst_disp.s) : join(p->dst_disp.s, e->dst_name);
     if (path && disp) {
         if (s) {
-            s->path = path;
-            free(s->disp);
-            s->disp = disp;
-            s->root = p->root;
-            s->seq = p->batch_seq;
+            take_slot(p, s, path, disp, p->root);
             path = disp = NULL;
         } else {
             link_add(p, st->st_dev, st->st_ino, path, disp);
