@@ -4,7 +4,9 @@ folders; 2,000 files of 1 KiB to 8 MiB; 4 x 512 MiB files), on tmpfs
 (/dev/shm) and on the work disk (ext4 here), and against floors built next to
 mpcp in bench/: on the large files a plain copy_file_range loop in one
 process (bench/cfr_copy.c); on the others the least-work copier in one
-process and in one per CPU (bench/floor_copy.c). Warm page cache: the source
+process and in one per CPU (bench/floor_copy.c), and the same with its
+system calls batched through io_uring (floor_copy -U, where it was built
+with liburing and io_uring works). Warm page cache: the source
 is read once before timing. Each tool copies into a fresh destination,
 after a sync (not timed) so that none pays for another's write-back;
 median of rounds; every copy is checked (contents and sizes) once per tool
@@ -19,6 +21,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -75,7 +78,22 @@ def tools(mpcp, cfr, floor, dataset):
         n = str(len(os.sched_getaffinity(0)))
         found["C floor, 1 process"] = lambda s, d: [[floor, s, d]]
         found["C floor, %s processes" % n] = lambda s, d: [[floor, "-P", n, s, d]]
+        if ring_works(floor):
+            found["C floor, io_uring, 1 process"] = lambda s, d: [[floor, "-U", s, d]]
+            found["C floor, io_uring, %s processes" % n] = lambda s, d: [[floor, "-U", "-P", n, s, d]]
     return found
+
+
+def ring_works(floor):
+    """floor_copy -U: built with liburing, and io_uring allowed here (a one-file copy)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "src")
+        os.makedirs(src)
+        with open(os.path.join(src, "f"), "wb") as f:
+            f.write(b"x" * 100)
+        done = subprocess.run([floor, "-U", src, os.path.join(tmp, "dst")],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        return done.returncode == 0 and same_contents(src, os.path.join(tmp, "dst"))
 
 
 def run_once(argv_list, dst):

@@ -6,8 +6,11 @@ kernel caches as on NFS with actimeo=1 (see bench/slowfs.c).
 
 Two datasets: 5,000 files of 4 KiB in 50 folders, 200 files of 1-8 MiB in 10
 folders; two directions: tmpfs -> slowfs and slowfs -> tmpfs. Each round runs
-every tool once, in turn (rounds alternate the tools); a figure is the median
-of the rounds. Default mpcp -a, then mpcp -a -j N for the table of speed
+every tool once, in turn, and each round starts one tool later than the last
+(no tool always follows the same one); a figure is the median of the rounds.
+Before every timed copy the page cache is written back and dropped (when the
+run may: root), so that no copy finds the pages or the FUSE state the one
+before it left: every copy starts cold, as a copy from a server does. Default mpcp -a, then mpcp -a -j N for the table of speed
 against operations in flight. Each copy goes to a fresh destination, removed
 (through the backing folder, not timed) after the round. The first copy of
 every tool is checked (names, sizes, modes, mtimes).
@@ -87,6 +90,17 @@ class Mount:
             self.proc.wait()
 
 
+def drop_caches():
+    """Cold caches for the next copy; False where this run may not drop them."""
+    os.sync()
+    try:
+        with open("/proc/sys/vm/drop_caches", "w") as f:
+            f.write("3\n")
+        return True
+    except OSError:
+        return False
+
+
 def tools(mpcp, jobs, refs):
     t = [("cp -a", ["cp", "-a"]), ("rsync -a", ["rsync", "-a"])] if refs else []
     t.append(("mpcp -a", [mpcp, "-a"]))
@@ -114,9 +128,15 @@ def run(args):
                 dst_back = mount.back if direction == "onto" else local
                 want = listing(os.path.join(local if direction == "onto" else mount.back, tag))
                 secs = {}
+                every = tools(args.mpcp, args.jobs, not args.no_refs)
                 for r in range(args.rounds):
-                    for label, cmd in tools(args.mpcp, args.jobs, not args.no_refs):
-                        dst = "out-%s-%d" % (tag, r)
+                    turn = every[r % len(every):] + every[:r % len(every)]
+                    for k, (label, cmd) in enumerate(turn):
+                        dst = "out-%s-%d-%d" % (tag, r, k)
+                        if not drop_caches() and not args.warned:
+                            print("# bench/slowfs.py: cannot drop the page cache (not root):"
+                                  " copies may find what the one before left", file=sys.stderr)
+                            args.warned = True
                         t0 = time.monotonic()
                         # rsync copies SRC/ into DST as cp copies SRC to a new DST.
                         first = src + "/" if cmd[0] == "rsync" else src
@@ -129,7 +149,7 @@ def run(args):
                         shutil.rmtree(os.path.join(dst_back, dst))
                         print("# %s %s %s round %d: %.2f s" % (name, direction, label, r,
                                                              secs[label][-1]), file=sys.stderr)
-                emit(name, direction, secs, args.delay_us)
+                emit(name, direction, secs, args.delay_us, not args.warned)
             shutil.rmtree(os.path.join(local, tag))
             shutil.rmtree(os.path.join(mount.back, tag))
     finally:
@@ -138,7 +158,7 @@ def run(args):
         shutil.rmtree(base, ignore_errors=True)
 
 
-def emit(name, direction, secs, delay_us):
+def emit(name, direction, secs, delay_us, cold):
     where = "tmpfs -> slowfs" if direction == "onto" else "slowfs -> tmpfs"
     ours = statistics.median(secs["mpcp -a"])
     for label, s in secs.items():
@@ -146,7 +166,8 @@ def emit(name, direction, secs, delay_us):
         print(json.dumps({"bench": "slowfs %s, %s (%d us a request)" % (name, where, delay_us),
                           "name": label, "value": round(med, 3), "unit": "s",
                           "reference": "mpcp -a", "reference_value": round(ours, 3),
-                          "speedup": round(med / ours, 2), "rounds": len(s)}), flush=True)
+                          "speedup": round(med / ours, 2), "rounds": len(s),
+                          "cold_cache": cold}), flush=True)
 
 
 def main():
@@ -161,6 +182,7 @@ def main():
     ap.add_argument("--no-refs", action="store_true", help="mpcp only (not for the published table)")
     args = ap.parse_args()
     args.jobs = [int(j) for j in args.jobs.split(",") if j]
+    args.warned = False
     # A kill of the run still unmounts (run's finally): no mount is left behind.
     signal.signal(signal.SIGTERM, lambda signo, frame: sys.exit("bench/slowfs.py: terminated"))
     for tool in ("cp", "rsync", "fusermount3"):
