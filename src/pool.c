@@ -360,11 +360,62 @@ static bool send_task(mproc_pool *pool, struct task *t, int w)
     return true;
 }
 
+/* A slot on demand not started yet (or stopped after the work ran out). */
+static bool dormant(const struct worker_state *ws)
+{
+    return !ws->up && !ws->spawning && !ws->lost && !ws->respawn_at;
+}
+
+/*
+ * Workers on demand: a task waits while no started worker is idle, so start
+ * one more per such task, unless a start is failing (fork refused: more
+ * slots would fail alike; the backoff retries the failing one).
+ */
+static void start_on_demand(mproc_pool *pool)
+{
+    if (!pool->options.workers_on_demand || pool->state == POOL_TERMINATED ||
+        pool->state == POOL_BROKEN)
+        return;
+    size_t ready = 0;
+    for (int w = 0; w < pool->workers; w++) {
+        const struct worker_state *ws = &pool->ws[w];
+        if (ws->respawn_at)
+            return;
+        if (ws->spawning || (ws->up && !ws->stop_sent && ws->inflight.count == 0))
+            ready++;
+    }
+    for (int w = 0; w < pool->workers && ready < pool->pending.count; w++) {
+        if (dormant(&pool->ws[w])) {
+            request_spawn(pool, w);
+            ready++;
+        }
+    }
+}
+
+/*
+ * On demand, a task waits for a worker being started rather than queue
+ * behind a busy one: it may run for long (a round trip per file on slow
+ * storage), a start takes a fork.
+ */
+static bool wait_for_start(const mproc_pool *pool, int w)
+{
+    if (!pool->options.workers_on_demand || pool->ws[w].inflight.count == 0)
+        return false;
+    for (int i = 0; i < pool->workers; i++) {
+        if (pool->ws[i].spawning)
+            return true;
+    }
+    return false;
+}
+
 static void dispatch(mproc_pool *pool)
 {
+    start_on_demand(pool);
     while (pool->pending.head) {
         struct task *t = pool->pending.head;
         int w = pick_worker(pool, t);
+        if (w >= 0 && wait_for_start(pool, w))
+            return;
         if (w < 0)
             return;
         list_remove(&pool->pending, t);
@@ -580,7 +631,9 @@ static void note_failed_start(mproc_pool *pool, int w, const struct pool_res_msg
     if (any_worker_up(pool) || pool->state == POOL_BROKEN)
         return;
     for (int i = 0; i < pool->workers; i++) {
-        if (pool->ws[i].failed_starts < SPAWN_ATTEMPTS)
+        /* A slot on demand never asked is no evidence either way. */
+        bool asked = !dormant(&pool->ws[i]) || pool->ws[i].failed_starts > 0;
+        if (asked && pool->ws[i].failed_starts < SPAWN_ATTEMPTS)
             return;
     }
     if (msg->wstatus == -1)
@@ -1045,10 +1098,17 @@ static int make_pair(int *ours, int *theirs, uintptr_t owner)
 }
 
 /* What the fork server (or the MPI proxy) needs to serve the pool, answering on server_sock. */
+/* Slots whose worker starts with the pool; the others wait for tasks (on demand). */
+static int start_workers(const mproc_pool *pool)
+{
+    return pool->options.workers_on_demand ? 1 : pool->workers;
+}
+
 static struct pool_process_config process_config(const mproc_pool *pool, int server_sock)
 {
     struct pool_process_config config = {
         .workers = pool->workers,
+        .start_workers = start_workers(pool),
         .task_q = pool->task_q,
         .result_q = pool->result_q,
         .slots = pool->slots,
@@ -1288,7 +1348,8 @@ int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
             *out = NULL;
             return rc;
         }
-        opts.max_tasks_per_child = 0; /* a rank is not replaced */
+        opts.max_tasks_per_child = 0;   /* a rank is not replaced */
+        opts.workers_on_demand = false; /* every rank is there already */
     }
     mproc_pool *pool;
     int rc = alloc_pool(&pool, &opts);
@@ -1304,7 +1365,7 @@ int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options)
     else if (comm)
         release_comm(comm);
     if (rc == 0) {
-        for (int w = 0; w < pool->workers; w++)
+        for (int w = 0; w < start_workers(pool); w++)
             pool->ws[w].spawning = true;
         /* Signals are for the program's threads: a Ctrl-C handler must interrupt them. */
         sigset_t all, old;

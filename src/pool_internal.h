@@ -100,6 +100,7 @@ struct server_request {
 /* The state the fork server and workers need, inherited through fork. */
 struct pool_process_config {
     int workers;
+    int start_workers; /* slots 0 to start_workers - 1 start with the server */
     mproc_queue **task_q;
     mproc_queue *result_q;
     struct pool_slot *slots;

@@ -284,7 +284,7 @@ _Noreturn void mproc__pool_server_main(const struct pool_process_config *config)
                        .parent = getppid(),
                        .pids = pids,
                        .generations = generations};
-    for (int i = 0; i < config->workers; i++)
+    for (int i = 0; i < config->start_workers; i++)
         spawn(&s, i);
 
     for (;;) {

@@ -23,9 +23,9 @@
 
 #define FUSE_MAGIC 0x65735546L
 #define DELAY_US   "500"
-/* mpcp.1: on slow storage, MPCP_MAX_JOBS workers (128) beside mpcp and its fork server. */
-#define MAX_WORKERS      128
-#define MAX_WORKERS_TEXT "128"
+/* mpcp.1: on slow storage, MPCP_MAX_JOBS workers (256) beside mpcp and its fork server. */
+#define MAX_WORKERS      256
+#define MAX_WORKERS_TEXT "256"
 
 static char work[256], back[300], mnt[300];
 static int wfd = -1;
@@ -361,4 +361,16 @@ Test(mpcp_slowfs, processes_and_memory_stay_under_the_bounds, .init = mount_slow
     peak = peak_family("MPCP_MAX_JOBS=6", &st, &ru);
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x", st);
     cr_assert_leq(peak, (size_t)6 + 1, "%zu processes with MPCP_MAX_JOBS=6", peak);
+}
+
+/* Workers start as tasks wait for them: a copy of 57 entries has no use for 256. */
+Test(mpcp_slowfs, a_small_copy_starts_only_the_workers_it_needs, .init = mount_slowfs,
+     .fini = unmount_slowfs, .timeout = 120)
+{
+    make_tree(6); /* 6 folders of 6 files and 2 symlinks, 2 links, a fifo: 57 entries */
+    int st;
+    struct rusage ru;
+    size_t peak = peak_family(NULL, &st, &ru);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x", st);
+    cr_assert_leq(peak, (size_t)1 + 57, "%zu processes for a copy of 57 entries", peak);
 }

@@ -611,6 +611,127 @@ Test(pool_faults, rlimit_nproc_with_no_worker_left_breaks_the_pool_saying_why, .
     expect_nothing_left(fds, shm);
 }
 
+/* ---- workers on demand ---- */
+
+static int nap_pid(mproc_task_ctx *ctx, const void *arg, size_t len)
+{
+    uint32_t us = 0;
+    if (len == sizeof(us))
+        memcpy(&us, arg, sizeof(us));
+    if (us)
+        usleep(us);
+    pid_t pid = getpid();
+    return mproc_task_return(ctx, &pid, sizeof(pid));
+}
+
+/* Runs n naps of us at once; returns how many distinct workers ran them (-1: a failure). */
+static int naps_at_once(mproc_pool *pool, int n, uint32_t us)
+{
+    mproc_result *r[16] = {0};
+    pid_t pids[16];
+    int distinct = 0;
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(
+            mproc_pool_apply_async(pool, nap_pid, &us, sizeof(us), NULL, NULL, NULL, &r[i]), 0);
+    for (int i = 0; i < n; i++) {
+        const void *data = NULL;
+        size_t len = 0;
+        int rc = mproc_result_get(r[i], &data, &len, 20000);
+        if (rc != 0 || len != sizeof(pid_t))
+            distinct = -1000;
+        else
+            memcpy(&pids[i], data, sizeof(pid_t));
+        mproc_result_destroy(&r[i]);
+        bool seen = false;
+        for (int j = 0; j < i && rc == 0; j++)
+            seen = seen || pids[j] == pids[i];
+        distinct += rc == 0 && !seen;
+    }
+    return distinct;
+}
+
+static size_t workers_now(pid_t server)
+{
+    pid_t kids[MAX_PIDS];
+    return test_children_of(server, kids, MAX_PIDS);
+}
+
+/*
+ * A pool of 16 on demand: one worker at create, still one after tasks run
+ * one at a time, one per task that waits (six naps at once: six workers),
+ * no more when the same load comes again, and a killed one is replaced.
+ */
+Test(pool_faults, workers_on_demand_follow_the_tasks_waiting, .timeout = 60)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    pid_t before[MAX_PIDS], server = 0;
+    size_t nbefore = test_children_of(getpid(), before, MAX_PIDS);
+    mproc_pool *pool = NULL;
+    mproc_pool_options options = {.workers = 16, .workers_on_demand = true};
+    cr_assert_eq(mproc_pool_create(&pool, &options), 0);
+    cr_assert_eq(mproc_pool_workers(pool), 16);
+    cr_assert_eq(new_children(before, nbefore, &server, 1), 1);
+    wait_workers_up(server, 1);
+    for (int i = 0; i < 20; i++)
+        cr_assert_eq(naps_at_once(pool, 1, 0), 1);
+    cr_expect_eq(workers_now(server), 1, "%zu workers for tasks one at a time",
+                 workers_now(server));
+    cr_expect_eq(naps_at_once(pool, 6, 400000), 6, "six naps at once did not run side by side");
+    cr_expect_eq(workers_now(server), 6, "%zu workers for six tasks", workers_now(server));
+    cr_expect_eq(naps_at_once(pool, 6, 400000), 6);
+    cr_expect_eq(workers_now(server), 6, "%zu workers for the same load again",
+                 workers_now(server));
+    pid_t kids[MAX_PIDS];
+    cr_assert_eq(test_children_of(server, kids, MAX_PIDS), 6);
+    cr_assert_eq(kill(kids[0], SIGKILL), 0);
+    int64_t deadline = test_now_ms() + 10000;
+    while (workers_now(server) != 6 && test_now_ms() < deadline)
+        usleep(2000);
+    cr_expect_eq(naps_at_once(pool, 6, 400000), 6);
+    cr_expect_eq(workers_now(server), 6, "%zu workers after a kill", workers_now(server));
+    cr_assert_eq(mproc_pool_close(pool), 0);
+    cr_assert_eq(mproc_pool_join(pool, 10000), 0);
+    cr_assert_eq(mproc_pool_destroy(&pool), 0);
+    expect_nothing_left(fds, shm);
+}
+
+/* On demand, where the fork server may fork no more: the tasks run on the one worker it has. */
+static int nproc_on_demand(void *arg)
+{
+    (void)arg;
+    if (become_counted_user() < 0)
+        return 2;
+    pid_t before[MAX_PIDS], server = 0;
+    size_t nbefore = test_children_of(getpid(), before, MAX_PIDS);
+    mproc_pool *pool = NULL;
+    mproc_pool_options options = {.workers = 8, .workers_on_demand = true};
+    if (mproc_pool_create(&pool, &options) < 0)
+        return 3;
+    if (new_children(before, nbefore, &server, 1) != 1)
+        return 4;
+    wait_workers_up(server, 1);
+    if (workers_now(server) != 1 || set_nproc(server, 1) < 0)
+        return 5;
+    int bad = 0;
+    for (int round = 0; round < 3; round++)
+        bad += naps_at_once(pool, 8, 20000) != 1;
+    int64_t start = test_now_ms();
+    mproc_pool_destroy(&pool);
+    if (test_now_ms() - start > 5000)
+        bad += 1000;
+    if (bad)
+        fprintf(stderr, "nproc_on_demand: bad %d\n", bad);
+    return bad ? 10 : 0;
+}
+
+Test(pool_faults, rlimit_nproc_on_demand_runs_on_the_worker_there_is, .timeout = 60)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    mproc_process *child = test_start(nproc_on_demand, NULL);
+    test_join_expect(child, 0);
+    expect_nothing_left(fds, shm);
+}
+
 /* ---- randomized: pools alive together, kills, destroys in any order ---- */
 
 #define MAX_POOLS 3
@@ -748,10 +869,13 @@ static void start_pool(struct tracked_pool *tp, int p, uint64_t *rng)
     size_t nbefore = test_children_of(getpid(), before, MAX_PIDS);
     tp->workers = 1 + (int)(mix(rng) % 3);
     tp->retry = mix(rng) % 2;
-    mproc_pool_options options = {.workers = tp->workers, .retry_on_worker_death = tp->retry};
+    /* On demand: one worker at first, more as tasks wait (and as kills take them). */
+    bool on_demand = mix(rng) % 2;
+    mproc_pool_options options = {
+        .workers = tp->workers, .retry_on_worker_death = tp->retry, .workers_on_demand = on_demand};
     cr_assert_eq(mproc_pool_create(&tp->pool, &options), 0);
     cr_assert_eq(new_children(before, nbefore, &tp->server, 1), 1);
-    wait_workers_up(tp->server, tp->workers);
+    wait_workers_up(tp->server, on_demand ? 1 : tp->workers);
     tp->ntasks = 20 + (int)(mix(rng) % (MAX_TASKS - 20));
     for (int t = 0; t < tp->ntasks; t++) {
         tp->args[t] = (uint32_t)(mix(rng) % 4000);

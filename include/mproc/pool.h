@@ -95,6 +95,15 @@ typedef struct mproc_pool_options {
     int task_timeout_ms;              /* kill a task's worker after this long; 0: no limit */
     bool retry_on_worker_death;       /* run a task again once if its worker dies under it */
     mproc_pool_backend backend;       /* local processes or MPI ranks; default: AUTO */
+    /*
+     * Start workers as tasks wait for them, as concurrent.futures'
+     * ProcessPoolExecutor does: one at create, then one more each time a
+     * task is submitted while no started worker is idle, up to workers. A
+     * started worker stays until the pool ends (or is replaced, as any).
+     * For a large workers bound that the load may not need: a pool of 256
+     * whose tasks keep 20 busy forks 20. Ignored over MPI (ranks exist).
+     */
+    bool workers_on_demand;
 } mproc_pool_options;
 
 /* ---- task side: called inside a task ---- */

@@ -395,7 +395,7 @@ int mpcp_list_decode_entry(const unsigned char *p, size_t end, size_t *pos, stru
 /* ---- concurrency on slow storage (adapt.c) ---- */
 
 /* The pool's size on slow storage without -j: MPCP_MAX_JOBS, up to the limit. */
-#define MPCP_MAX_JOBS_DEFAULT 128
+#define MPCP_MAX_JOBS_DEFAULT 256
 #define MPCP_MAX_JOBS_LIMIT   1024
 
 /*
@@ -436,9 +436,11 @@ void mpcp_adapt_done(struct mpcp_adapt *a, uint64_t work);
  * Creates the pool of jobs workers that run tasks. Everything the workers
  * need (executor options, roots, signal handlers) must be set before: they
  * are forks of this moment. MPCP_NO_RETRY in the environment turns off the
- * retry of a task whose worker died (for tests). Returns 0 or a pool error.
+ * retry of a task whose worker died (for tests). on_demand: jobs is a bound,
+ * workers start as tasks wait for them (the adaptive window on slow
+ * storage). Returns 0 or a pool error.
  */
-int mpcp_workers_start(mproc_pool **out, int jobs);
+int mpcp_workers_start(mproc_pool **out, int jobs, bool on_demand);
 
 /*
  * Whether the workers should read the folders of the tree in src_fd (the

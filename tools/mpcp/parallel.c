@@ -191,7 +191,7 @@ bool mpcp_workers_walk(const mproc_pool *pool, int src_fd)
     return pool == cluster_pool && ranks_on_several_nodes();
 }
 
-int mpcp_workers_start(mproc_pool **out, int jobs)
+int mpcp_workers_start(mproc_pool **out, int jobs, bool on_demand)
 {
     if (cluster_pool) {
         cluster_pool_taken = true;
@@ -201,6 +201,7 @@ int mpcp_workers_start(mproc_pool **out, int jobs)
     mproc_pool_options po;
     memset(&po, 0, sizeof po);
     po.workers = jobs;
+    po.workers_on_demand = on_demand;
     po.initializer = worker_init;
     /*
      * A task whose worker dies runs once more on a fresh worker: entries the

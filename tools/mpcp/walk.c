@@ -2849,10 +2849,13 @@ static bool plan_on_slow_fs(const struct plan *pl)
 
 /*
  * A source or destination on slow storage: small batches, and without -j a
- * pool of mpcp_slow_max_jobs() workers of which the window keeps busy as
- * many as pay. The window starts at half the pool: a latency-bound copy
- * gains most in its first second, and one doubling or one step back
- * settles it.
+ * pool of up to mpcp_slow_max_jobs() workers, started as the window hands
+ * them tasks (on demand), of which the window keeps busy as many as pay.
+ * The window starts at a quarter of the bound: a latency-bound copy gains
+ * most in its first second, and one doubling or one step back settles it
+ * (at 1 ms a request, starting at 64 of 256 was within 10% of the best -j
+ * in every case of bench/slowfs.py; at 128, storage that saturates early
+ * paid for the workers too many, 0.95 s against 0.67 s).
  */
 static void use_slow_storage(struct planner *p, const struct plan *pl)
 {
@@ -2868,7 +2871,7 @@ static void use_slow_storage(struct planner *p, const struct plan *pl)
         cap = cpus;
     p->opt->jobs = cap;
     p->adaptive = true;
-    mpcp_adapt_init(&p->adapt, (size_t)(cap + 1) / 2, (size_t)cap);
+    mpcp_adapt_init(&p->adapt, (size_t)(cap + 3) / 4, (size_t)cap);
 }
 
 /*
@@ -2886,7 +2889,7 @@ static void start_workers(struct planner *p, const struct plan *pl)
     p->max_fly = (size_t)p->opt->jobs * 4;
     p->fly = calloc(p->max_fly, sizeof *p->fly);
     p->fly_r = calloc(p->max_fly, sizeof(mproc_result *));
-    if (!p->fly || !p->fly_r || mpcp_workers_start(&p->pool, p->opt->jobs) < 0) {
+    if (!p->fly || !p->fly_r || mpcp_workers_start(&p->pool, p->opt->jobs, p->adaptive) < 0) {
         p->pool = NULL; /* copy here, as with -j 1 */
         return;
     }
