@@ -50,13 +50,6 @@ static int fail(const char *what, const char *name)
     return -1;
 }
 
-/* For calls that return their error rather than set errno (liburing's). */
-static int fail_with(int err, const char *what, const char *name)
-{
-    errno = err;
-    return fail(what, name);
-}
-
 static int add_folder(const char *rel, const struct stat *st)
 {
     if (n_folders == cap_folders) {
@@ -195,6 +188,13 @@ static int copy_entries(const struct folder *f)
 }
 
 #ifdef HAVE_LIBURING
+/* For calls that return their error rather than set errno (liburing's). */
+static int fail_with(int err, const char *what, const char *name)
+{
+    errno = err;
+    return fail(what, name);
+}
+
 #define RING_FILES 64          /* files in one batch */
 #define RING_SMALL (64u << 10) /* files up to this size go through the ring */
 #define RING_OPS   6           /* open, create, read, write, close, close */
