@@ -35,6 +35,8 @@
 #include <liburing.h>
 #endif
 
+struct ring_batch; /* -U's batch (built with liburing) */
+
 struct folder {
     char *rel; /* "" for the top */
     struct stat st;
@@ -162,30 +164,20 @@ static int copy_link(int sdir, int ddir, const char *name, const struct stat *st
     return 0;
 }
 
-static int copy_entries(const struct folder *f)
+/* One entry that is not a folder, as its type asks. */
+static int copy_one(int sdir, int ddir, const char *name)
 {
-    int sdir = open_rel(src_top, f->rel), ddir = open_rel(dst_top, f->rel);
-    DIR *d = sdir < 0 ? NULL : fdopendir(sdir);
-    if (!d || ddir < 0)
-        return fail("open", f->rel);
-    int rc = 0;
-    for (struct dirent *de = readdir(d); de && rc == 0; de = readdir(d)) {
-        if (de->d_type == DT_DIR)
-            continue;
-        struct stat st;
-        if (fstatat(sdir, de->d_name, &st, AT_SYMLINK_NOFOLLOW) < 0)
-            rc = fail("stat", de->d_name);
-        else if (S_ISREG(st.st_mode))
-            rc = copy_reg(sdir, ddir, de->d_name, &st);
-        else if (S_ISLNK(st.st_mode))
-            rc = copy_link(sdir, ddir, de->d_name, &st);
-        else
-            rc = copy_node(ddir, de->d_name, &st);
-    }
-    closedir(d);
-    close(ddir);
-    return rc;
+    struct stat st;
+    if (fstatat(sdir, name, &st, AT_SYMLINK_NOFOLLOW) < 0)
+        return fail("stat", name);
+    if (S_ISREG(st.st_mode))
+        return copy_reg(sdir, ddir, name, &st);
+    if (S_ISLNK(st.st_mode))
+        return copy_link(sdir, ddir, name, &st);
+    return copy_node(ddir, name, &st);
 }
+
+static int copy_entries(const struct folder *f, struct ring_batch *b);
 
 #ifdef HAVE_LIBURING
 /* For calls that return their error rather than set errno (liburing's). */
@@ -306,41 +298,10 @@ static int ring_flush(struct ring_batch *b, int sdir, int ddir)
     if (want > 0 && ring_wait(b, want) < 0)
         return -1;
     int rc = 0;
-    for (size_t i = 0; i < b->n && rc == 0; i++) {
-        struct stat st;
-        if (ring_small(&b->stx[i]))
-            rc = ring_times(ddir, b->names[i], &b->stx[i]);
-        else if (fstatat(sdir, b->names[i], &st, AT_SYMLINK_NOFOLLOW) < 0)
-            rc = fail("stat", b->names[i]);
-        else if (S_ISREG(st.st_mode))
-            rc = copy_reg(sdir, ddir, b->names[i], &st);
-        else if (S_ISLNK(st.st_mode))
-            rc = copy_link(sdir, ddir, b->names[i], &st);
-        else
-            rc = copy_node(ddir, b->names[i], &st);
-    }
+    for (size_t i = 0; i < b->n && rc == 0; i++)
+        rc = ring_small(&b->stx[i]) ? ring_times(ddir, b->names[i], &b->stx[i])
+                                    : copy_one(sdir, ddir, b->names[i]);
     b->n = 0;
-    return rc;
-}
-
-static int ring_copy_entries(struct ring_batch *b, const struct folder *f)
-{
-    int sdir = open_rel(src_top, f->rel), ddir = open_rel(dst_top, f->rel);
-    DIR *d = sdir < 0 ? NULL : fdopendir(sdir);
-    if (!d || ddir < 0)
-        return fail("open", f->rel);
-    int rc = 0;
-    for (struct dirent *de = readdir(d); de && rc == 0; de = readdir(d)) {
-        if (de->d_type == DT_DIR)
-            continue;
-        snprintf(b->names[b->n++], sizeof b->names[0], "%s", de->d_name);
-        if (b->n == RING_FILES)
-            rc = ring_flush(b, sdir, ddir);
-    }
-    if (rc == 0)
-        rc = ring_flush(b, sdir, ddir);
-    closedir(d);
-    close(ddir);
     return rc;
 }
 
@@ -361,13 +322,44 @@ static int ring_share(size_t k, size_t n)
         return 1;
     }
     for (size_t i = k; i < n_folders; i += n)
-        if (ring_copy_entries(&b, &folders[i]) < 0)
+        if (copy_entries(&folders[i], &b) < 0)
             return 1;
     return 0;
 }
 #endif
 
 static bool use_ring;
+
+/* A folder's entries but folders: each at once, or (-U) in batches through b. */
+static int copy_entries(const struct folder *f, struct ring_batch *b)
+{
+    int sdir = open_rel(src_top, f->rel), ddir = open_rel(dst_top, f->rel);
+    DIR *d = sdir < 0 ? NULL : fdopendir(sdir);
+    if (!d || ddir < 0)
+        return fail("open", f->rel);
+    int rc = 0;
+    for (struct dirent *de = readdir(d); de && rc == 0; de = readdir(d)) {
+        if (de->d_type == DT_DIR)
+            continue;
+#ifdef HAVE_LIBURING
+        if (b) {
+            snprintf(b->names[b->n++], sizeof b->names[0], "%s", de->d_name);
+            rc = b->n == RING_FILES ? ring_flush(b, sdir, ddir) : 0;
+            continue;
+        }
+#endif
+        rc = copy_one(sdir, ddir, de->d_name);
+    }
+#ifdef HAVE_LIBURING
+    if (b && rc == 0)
+        rc = ring_flush(b, sdir, ddir);
+#else
+    (void)b;
+#endif
+    closedir(d);
+    close(ddir);
+    return rc;
+}
 
 /* Worker k of n: folders k, k + n, k + 2n... */
 static int copy_share(size_t k, size_t n)
@@ -377,7 +369,7 @@ static int copy_share(size_t k, size_t n)
         return ring_share(k, n);
 #endif
     for (size_t i = k; i < n_folders; i += n)
-        if (copy_entries(&folders[i]) < 0)
+        if (copy_entries(&folders[i], NULL) < 0)
             return 1;
     return 0;
 }
