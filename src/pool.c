@@ -414,9 +414,7 @@ static void dispatch(mproc_pool *pool)
     while (pool->pending.head) {
         struct task *t = pool->pending.head;
         int w = pick_worker(pool, t);
-        if (w >= 0 && wait_for_start(pool, w))
-            return;
-        if (w < 0)
+        if (w < 0 || wait_for_start(pool, w))
             return;
         list_remove(&pool->pending, t);
         if (!send_task(pool, t, w)) {
@@ -1097,13 +1095,13 @@ static int make_pair(int *ours, int *theirs, uintptr_t owner)
     return 0;
 }
 
-/* What the fork server (or the MPI proxy) needs to serve the pool, answering on server_sock. */
 /* Slots whose worker starts with the pool; the others wait for tasks (on demand). */
 static int start_workers(const mproc_pool *pool)
 {
     return pool->options.workers_on_demand ? 1 : pool->workers;
 }
 
+/* What the fork server (or the MPI proxy) needs to serve the pool, answering on server_sock. */
 static struct pool_process_config process_config(const mproc_pool *pool, int server_sock)
 {
     struct pool_process_config config = {

@@ -142,7 +142,8 @@ MPROC_API int mproc_task_lookup(const char *name, mproc_task_fn *fn);
 /* ---- the pool ---- */
 
 /*
- * Starts a pool: the fork server, the workers and the result thread.
+ * Starts a pool: the fork server, the workers (one, with workers_on_demand)
+ * and the result thread.
  * options may be NULL for all defaults. Returns 0 and sets *out, -EINVAL,
  * -ENOMEM, -EAGAIN (fork: RLIMIT_NPROC), -EMFILE (RLIMIT_NOFILE), or
  * another negated errno. Over MPI: 0 with *out NULL on the worker ranks once
@@ -152,7 +153,7 @@ MPROC_API int mproc_task_lookup(const char *name, mproc_task_fn *fn);
  */
 MPROC_API int mproc_pool_create(mproc_pool **out, const mproc_pool_options *options);
 
-/* Number of workers. */
+/* Number of workers: with workers_on_demand the bound, started or not. */
 MPROC_API int mproc_pool_workers(const mproc_pool *pool);
 
 /* The pool's backend: MPROC_POOL_LOCAL or MPROC_POOL_MPI (-EINVAL for a bad pool). */

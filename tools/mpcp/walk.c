@@ -2853,8 +2853,9 @@ static bool plan_on_slow_fs(const struct plan *pl)
  * them tasks (on demand), of which the window keeps busy as many as pay.
  * The window starts at a quarter of the bound: a latency-bound copy gains
  * most in its first second, and one doubling or one step back settles it
- * (at 1 ms a request, starting at 64 of 256 was within 10% of the best -j
- * in every case of bench/slowfs.py; at 128, storage that saturates early
+ * (bench/slowfs.py at 1 ms a request, docs/BENCHMARKS.md: starting at 64
+ * of 256, the default was 4-13% slower than the best -j in three cases and
+ * 23% in the fourth, small files off slowfs; starting at 128 that case
  * paid for the workers too many, 0.95 s against 0.67 s).
  */
 static void use_slow_storage(struct planner *p, const struct plan *pl)
