@@ -108,6 +108,7 @@ struct mproc_pool {
     uint32_t magic;
     unsigned owner_generation; /* mproc__fork_generation() of the creating process */
     int workers;
+    int max_started; /* on demand: slots that may be started (mproc_pool_set_max_workers) */
     mproc_pool_options options;
     mproc_queue *result_q;
     mproc_queue **task_q;
@@ -377,17 +378,21 @@ static void start_on_demand(mproc_pool *pool)
         pool->state == POOL_BROKEN)
         return;
     size_t ready = 0;
+    int started = 0;
     for (int w = 0; w < pool->workers; w++) {
         const struct worker_state *ws = &pool->ws[w];
         if (ws->respawn_at)
             return;
         if (ws->spawning || (ws->up && !ws->stop_sent && ws->inflight.count == 0))
             ready++;
+        started += !dormant(ws);
     }
-    for (int w = 0; w < pool->workers && ready < pool->pending.count; w++) {
+    for (int w = 0; w < pool->workers && ready < pool->pending.count && started < pool->max_started;
+         w++) {
         if (dormant(&pool->ws[w])) {
             request_spawn(pool, w);
             ready++;
+            started++;
         }
     }
 }
@@ -1200,6 +1205,7 @@ static int alloc_pool(mproc_pool **out, const mproc_pool_options *options)
     pool->magic = POOL_MAGIC;
     pool->owner_generation = mproc__fork_generation();
     pool->workers = workers;
+    pool->max_started = workers;
     pool->server_sock = -1;
     pool->proxy_sock = -1;
     pool->event_fd = -1;
@@ -1406,6 +1412,21 @@ static int check_submit(const mproc_pool *pool)
         return -EINVAL;
     if (pool->owner_generation != mproc__fork_generation())
         return -ECHILD;
+    return 0;
+}
+
+int mproc_pool_set_max_workers(mproc_pool *pool, int n)
+{
+    int rc = check_submit(pool);
+    if (rc < 0)
+        return rc;
+    if (!pool->options.workers_on_demand || n < 1 || n > pool->workers)
+        return -EINVAL;
+    pthread_mutex_lock(&pool->lock);
+    pool->max_started = n;
+    if (pool->state == POOL_RUNNING || pool->state == POOL_CLOSED)
+        dispatch(pool); /* raised: the tasks waiting may start workers now */
+    pthread_mutex_unlock(&pool->lock);
     return 0;
 }
 

@@ -374,3 +374,80 @@ Test(mpcp_slowfs, a_small_copy_starts_only_the_workers_it_needs, .init = mount_s
     cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x", st);
     cr_assert_leq(peak, (size_t)1 + 57, "%zu processes for a copy of 57 entries", peak);
 }
+
+/*
+ * The window's largest size in MPCP_ADAPT_TRACE's lines so far ("... window
+ * N"), at least start; false while no decision has been printed yet.
+ */
+static bool largest_window(const char *trace, size_t start, size_t *largest)
+{
+    *largest = start;
+    bool decided = false;
+    for (const char *at = strstr(trace, "window "); at; at = strstr(at + 1, "window ")) {
+        size_t n = (size_t)strtoul(at + 7, NULL, 10);
+        if (n > *largest)
+            *largest = n;
+        decided = true;
+    }
+    return decided;
+}
+
+/*
+ * The pool starts workers for the window, not for every task in flight
+ * (four per worker): until the first measurement the window is a quarter
+ * of MPCP_MAX_JOBS, and afterwards no more workers run than the window
+ * has been at its largest.
+ */
+Test(mpcp_slowfs, the_workers_follow_the_window_not_the_tasks, .init = mount_slowfs,
+     .fini = unmount_slowfs, .timeout = 240)
+{
+    make_tree(60);
+    int err[2];
+    must(pipe2(err, O_CLOEXEC), "pipe2", "");
+    pid_t pid = fork();
+    cr_assert_geq(pid, 0);
+    if (pid == 0) {
+        dup2(err[1], 2);
+        putenv("MPCP_MAX_JOBS=16");
+        putenv("MPCP_ADAPT_TRACE=1");
+        if (chdir(work) < 0)
+            _exit(126);
+        execl(MPROC_MPCP_PATH, MPROC_MPCP_PATH, "-a", "s", "mnt/o", (char *)NULL);
+        _exit(127);
+    }
+    close(err[1]);
+    must(fcntl(err[0], F_SETFL, O_NONBLOCK), "fcntl", "");
+    static char trace[1 << 16];
+    size_t len = 0, start = 4, peak_before = 0, peak_after = 0, largest = start;
+    size_t over = 0, over_window = 0; /* the first count past the window, and that window */
+    pid_t fam[4096];
+    int st = 0;
+    for (;;) {
+        /* Counted before the trace is read: mpcp prints a window before it starts workers for it.
+         */
+        size_t n = test_family_of(pid, fam, sizeof fam / sizeof fam[0]);
+        ssize_t got = read(err[0], trace + len, sizeof trace - 1 - len);
+        if (got > 0)
+            len += (size_t)got;
+        trace[len] = '\0';
+        bool decided = largest_window(trace, start, &largest);
+        size_t *peak = decided ? &peak_after : &peak_before;
+        if (n > *peak)
+            *peak = n;
+        /* The fork server and the workers, no more than the window allows. */
+        if (n > largest + 1 && !over) {
+            over = n;
+            over_window = largest;
+        }
+        if (waitpid(pid, &st, WNOHANG) == pid)
+            break;
+        usleep(1000);
+    }
+    close(err[0]);
+    cr_assert(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status 0x%x:\n%s", st, trace);
+    cr_assert_eq(over, 0, "%zu processes with a window of at most %zu:\n%s", over, over_window,
+                 trace);
+    cr_assert_gt(peak_before, 1, "no worker seen before the first measurement");
+    cr_log_info("peak %zu processes before the first measurement, %zu after; window up to %zu",
+                peak_before, peak_after, largest);
+}

@@ -656,6 +656,16 @@ static size_t workers_now(pid_t server)
     return test_children_of(server, kids, MAX_PIDS);
 }
 
+static bool still_a_child(pid_t server, pid_t pid)
+{
+    pid_t kids[MAX_PIDS];
+    size_t n = test_children_of(server, kids, MAX_PIDS);
+    for (size_t i = 0; i < n; i++)
+        if (kids[i] == pid)
+            return true;
+    return false;
+}
+
 /*
  * A pool of 16 on demand: one worker at create, still one after tasks run
  * one at a time, one per task that waits (six naps at once: six workers),
@@ -685,10 +695,79 @@ Test(pool_faults, workers_on_demand_follow_the_tasks_waiting, .timeout = 60)
     cr_assert_eq(test_children_of(server, kids, MAX_PIDS), 6);
     cr_assert_eq(kill(kids[0], SIGKILL), 0);
     int64_t deadline = test_now_ms() + 10000;
-    while (workers_now(server) != 6 && test_now_ms() < deadline)
+    while ((still_a_child(server, kids[0]) || workers_now(server) != 6) &&
+           test_now_ms() < deadline)
         usleep(2000);
     cr_expect_eq(naps_at_once(pool, 6, 400000), 6);
     cr_expect_eq(workers_now(server), 6, "%zu workers after a kill", workers_now(server));
+    cr_assert_eq(mproc_pool_close(pool), 0);
+    cr_assert_eq(mproc_pool_join(pool, 10000), 0);
+    cr_assert_eq(mproc_pool_destroy(&pool), 0);
+    expect_nothing_left(fds, shm);
+}
+
+/* n naps submitted at once, the bound raised to raise_to once they are all waiting or running. */
+static int naps_raised(mproc_pool *pool, int n, uint32_t us, int raise_to, int64_t *took_ms)
+{
+    mproc_result *r[16] = {0};
+    int64_t start = test_now_ms();
+    for (int i = 0; i < n; i++)
+        cr_assert_eq(
+            mproc_pool_apply_async(pool, nap_pid, &us, sizeof(us), NULL, NULL, NULL, &r[i]), 0);
+    cr_assert_eq(mproc_pool_set_max_workers(pool, raise_to), 0);
+    int ok = 0;
+    for (int i = 0; i < n; i++) {
+        ok += mproc_result_wait(r[i], 20000) == 0 && mproc_result_successful(r[i]);
+        mproc_result_destroy(&r[i]);
+    }
+    *took_ms = test_now_ms() - start;
+    return ok;
+}
+
+Test(pool_faults, max_workers_bound_the_starts_and_move_while_the_pool_runs, .timeout = 60)
+{
+    int fds = test_count_fds(), shm = test_count_dev_shm();
+    pid_t before[MAX_PIDS], server = 0;
+    size_t nbefore = test_children_of(getpid(), before, MAX_PIDS);
+    mproc_pool *pool = NULL, *fixed = NULL;
+    mproc_pool_options options = {.workers = 16, .workers_on_demand = true};
+    cr_assert_eq(mproc_pool_create(&pool, &options), 0);
+    cr_assert_eq(new_children(before, nbefore, &server, 1), 1);
+    wait_workers_up(server, 1);
+    cr_expect_eq(mproc_pool_set_max_workers(NULL, 4), -EINVAL);
+    cr_expect_eq(mproc_pool_set_max_workers(pool, 0), -EINVAL);
+    cr_expect_eq(mproc_pool_set_max_workers(pool, 17), -EINVAL);
+    mproc_pool_options whole = {.workers = 2};
+    cr_assert_eq(mproc_pool_create(&fixed, &whole), 0);
+    cr_expect_eq(mproc_pool_set_max_workers(fixed, 1), -EINVAL, "a pool not on demand");
+    cr_assert_eq(mproc_pool_destroy(&fixed), 0);
+
+    cr_assert_eq(mproc_pool_set_max_workers(pool, 4), 0);
+    cr_expect_eq(naps_at_once(pool, 8, 200000), 4, "eight naps under a bound of 4");
+    cr_expect_eq(workers_now(server), 4, "%zu workers under a bound of 4", workers_now(server));
+
+    /* Raised while 8 naps wait or run: the 4 waiting start their workers at once. */
+    cr_assert_eq(mproc_pool_set_max_workers(pool, 4), 0);
+    int64_t took = 0;
+    cr_expect_eq(naps_raised(pool, 8, 400000, 8, &took), 8);
+    cr_expect_lt(took, 780, "eight naps of 400 ms took %lld ms: not side by side", (long long)took);
+    cr_expect_eq(workers_now(server), 8, "%zu workers once raised to 8", workers_now(server));
+
+    /* Lowered: none stops, none starts, and the 8 there are all take tasks. */
+    cr_assert_eq(mproc_pool_set_max_workers(pool, 2), 0);
+    cr_expect_eq(naps_at_once(pool, 8, 400000), 8, "the workers above the bound took no task");
+    cr_expect_eq(workers_now(server), 8, "%zu workers once lowered to 2", workers_now(server));
+    pid_t kids[MAX_PIDS];
+    cr_assert_eq(test_children_of(server, kids, MAX_PIDS), 8);
+    cr_assert_eq(kill(kids[3], SIGKILL), 0);
+    /* Until the dead one is gone from the fork server's children and another took its place. */
+    int64_t deadline = test_now_ms() + 10000;
+    while ((still_a_child(server, kids[3]) || workers_now(server) != 8) && test_now_ms() < deadline)
+        usleep(2000);
+    cr_expect(!still_a_child(server, kids[3]), "the killed worker is still there");
+    cr_expect_eq(workers_now(server), 8,
+                 "%zu workers: a dead worker above the bound is not replaced", workers_now(server));
+    cr_expect_eq(naps_at_once(pool, 8, 200000), 8);
     cr_assert_eq(mproc_pool_close(pool), 0);
     cr_assert_eq(mproc_pool_join(pool, 10000), 0);
     cr_assert_eq(mproc_pool_destroy(&pool), 0);
@@ -892,6 +971,10 @@ static void start_pool(struct tracked_pool *tp, int p, uint64_t *rng)
         cr_assert_eq(mproc_pool_apply_async(tp->pool, tp->fns[t], arg, len, count_callback,
                                             count_callback, &refs[p][t], &tp->results[t]),
                      0);
+        /* The bound moves under load, as mpcp's window moves it. */
+        if (on_demand && mix(rng) % 8 == 0)
+            cr_assert_eq(mproc_pool_set_max_workers(tp->pool, 1 + (int)(mix(rng) % tp->workers)),
+                         0);
     }
 }
 

@@ -101,7 +101,8 @@ typedef struct mproc_pool_options {
      * task is submitted while no started worker is idle, up to workers. A
      * started worker stays until the pool ends (or is replaced, as any).
      * For a large workers bound that the load may not need: a pool of 256
-     * whose tasks keep 20 busy forks 20. Ignored over MPI (ranks exist).
+     * whose tasks keep 20 busy forks 20. The bound may change while the
+     * pool runs (mproc_pool_set_max_workers). Ignored over MPI (ranks exist).
      */
     bool workers_on_demand;
 } mproc_pool_options;
@@ -155,6 +156,19 @@ MPROC_API int mproc_pool_create(mproc_pool **out, const mproc_pool_options *opti
 
 /* Number of workers: with workers_on_demand the bound, started or not. */
 MPROC_API int mproc_pool_workers(const mproc_pool *pool);
+
+/*
+ * With workers_on_demand: from now on, start workers only while fewer than
+ * n are started (1 to mproc_pool_workers(), which is the default). For a
+ * caller that finds how many workers pay while it runs, and keeps more
+ * tasks submitted than that so that each worker finds its next one
+ * waiting. Raised, the tasks waiting start workers at once; lowered below
+ * the workers started, none is stopped: they all go on taking tasks, and a
+ * dead one is still replaced. Returns 0, -EINVAL for a bad pool, an n out
+ * of range or a pool not on demand (as every pool over MPI), -ECHILD in a
+ * forked child.
+ */
+MPROC_API int mproc_pool_set_max_workers(mproc_pool *pool, int n);
 
 /* The pool's backend: MPROC_POOL_LOCAL or MPROC_POOL_MPI (-EINVAL for a bad pool). */
 MPROC_API int mproc_pool_backend_of(const mproc_pool *pool);

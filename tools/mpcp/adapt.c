@@ -2,12 +2,22 @@
  * adapt.c: how many tasks mpcp keeps in flight on slow storage. Where every
  * file operation waits for a round trip (NFS, SMB, FUSE), the copy is bound
  * by latency, not by the CPUs: N operations in flight go about N times as
- * fast, until the server or the link saturates. The number is found while
- * the copy runs, by hill climbing on the measured throughput: the window
- * doubles while each doubling brings at least GAIN more work done per
- * second, goes back to the last size that paid when one does not, holds
- * there a while, and probes again one step up (the load of the server may
- * change). Bounded by the pool's size, which the caller chooses.
+ * fast, until the server, the link or this machine's CPUs saturate. The
+ * number is found while the copy runs, one measurement period at a time.
+ *
+ * The throughput of one period is a poor guide alone: over a fraction of a
+ * second it swings by 2x at the same window (tasks complete in bursts, as
+ * folders fill), so a rule of "keep a step that pays 12%" climbs or falls
+ * on noise. The share of CPU time left idle is steady, and says what a
+ * step up can buy: while the CPUs wait, more operations in flight overlap
+ * more round trips; once they are busy, more processes only share them.
+ * So the window doubles while at least IDLE_GROW of the CPU time is idle,
+ * and a step up is kept unless the throughput fell below KEEP of the size
+ * before (the server or the link saturated and suffers from more). A step
+ * that lost goes back, holds there a while, and probes again a smaller
+ * step up (the load of the server may change). Where /proc/stat cannot be
+ * read, a step must pay GAIN more throughput to be kept. Bounded by the
+ * pool's size, which the caller chooses.
  */
 #define _GNU_SOURCE
 #include "mpcp.h"
@@ -19,8 +29,10 @@
 #include <time.h>
 
 #define PERIOD_S 0.2 /* a measurement lasts at least this long ... */
-/* ... and sees as many tasks complete as half the workers it keeps busy. */
-#define GAIN             1.12 /* a step up must pay this much to be kept */
+/* ... and sees as many tasks complete as half the window. */
+#define IDLE_GROW        0.25 /* the CPUs idle this share of the time: a step up may pay */
+#define KEEP             0.5  /* a step up is undone below this share of the rate before */
+#define GAIN             1.12 /* without /proc/stat, a step up must pay this much */
 #define HOLD_PERIODS     8    /* periods at a settled size before the next probe */
 
 #define FUSE_SUPER_MAGIC 0x65735546ul
@@ -69,6 +81,39 @@ int mpcp_slow_max_jobs(void)
     return MPCP_MAX_JOBS_DEFAULT;
 }
 
+/* The CPU time all CPUs spent idle and in all, from /proc/stat; false where it cannot be read. */
+static bool cpu_times(unsigned long long *idle, unsigned long long *total)
+{
+    FILE *f = fopen("/proc/stat", "re");
+    if (!f)
+        return false;
+    unsigned long long v[8] = {0};
+    int n = fscanf(f, "cpu %llu %llu %llu %llu %llu %llu %llu %llu", &v[0], &v[1], &v[2], &v[3],
+                   &v[4], &v[5], &v[6], &v[7]);
+    fclose(f);
+    if (n < 5)
+        return false;
+    *idle = v[3] + v[4];
+    *total = 0;
+    for (int i = 0; i < 8; i++)
+        *total += v[i];
+    return true;
+}
+
+/* The share of CPU time idle since the last call, or -1 where it is not known. */
+static double idle_share(struct mpcp_adapt *a)
+{
+    unsigned long long idle, total;
+    if (!cpu_times(&idle, &total))
+        return -1;
+    double share = -1;
+    if (a->cpu_total && total > a->cpu_total)
+        share = (double)(idle - a->cpu_idle) / (double)(total - a->cpu_total);
+    a->cpu_idle = idle;
+    a->cpu_total = total;
+    return share;
+}
+
 void mpcp_adapt_init(struct mpcp_adapt *a, size_t start, size_t cap)
 {
     memset(a, 0, sizeof *a);
@@ -78,48 +123,59 @@ void mpcp_adapt_init(struct mpcp_adapt *a, size_t start, size_t cap)
     a->t0 = now_s();
 }
 
-static size_t step_up(const struct mpcp_adapt *a, size_t from, bool big)
+static size_t step_up(const struct mpcp_adapt *a)
 {
-    size_t next = big ? from * 2 : from + (from + 1) / 2;
+    size_t next = a->probed ? a->limit + (a->limit + 1) / 2 : a->limit * 2;
     return next > a->cap ? a->cap : next;
 }
 
-/* One measurement ended at rate: keep, grow or go back. */
-static void decide(struct mpcp_adapt *a, double rate)
+/*
+ * One measurement ended with rate work per second and idle of the CPU
+ * time idle (-1: not known): keep the size, grow, or go back.
+ */
+static void decide(struct mpcp_adapt *a, double rate, double idle)
 {
-    if (a->hold > 0) {
-        if (--a->hold == 0) {
-            a->best = rate; /* the settled size's rate now, as the server is now */
-            a->good = a->limit;
-            a->limit = step_up(a, a->limit, false);
-        }
-        return;
-    }
-    if (a->best == 0 || rate >= a->best * GAIN) {
-        a->best = rate;
-        a->good = a->limit;
-        if (a->limit < a->cap) {
-            a->limit = step_up(a, a->limit, !a->probed);
+    bool known = idle >= 0, paid = false;
+    if (a->limit > a->good) { /* a step up was on trial */
+        if (rate < a->best * (known ? KEEP : GAIN)) {
+            a->limit = a->good;
+            a->probed = true;
+            a->hold = HOLD_PERIODS;
             return;
         }
-    } else {
-        a->limit = a->good; /* the step did not pay */
-        a->probed = true;
+        paid = rate >= a->best * GAIN;
+        a->good = a->limit;
+    } else if (a->hold > 0) {
+        a->hold--;
     }
-    a->hold = HOLD_PERIODS;
+    a->best = rate; /* as the server is now */
+    bool waiting = !known || idle >= IDLE_GROW;
+    if (a->hold == 0 && a->limit < a->cap && (waiting || paid))
+        a->limit = step_up(a);
 }
 
 void mpcp_adapt_done(struct mpcp_adapt *a, uint64_t work)
 {
+    double t = now_s();
+    if (!a->started) {
+        /* The first completion ends the fill: the time before it is a latency, not a rate. */
+        a->started = true;
+        if (getenv("MPCP_ADAPT_TRACE"))
+            fprintf(stderr, "mpcp: the first task took %.2f s\n", t - a->t0);
+        a->t0 = t;
+        idle_share(a);
+        return;
+    }
+    double dt = t - a->t0;
     a->work += work;
     a->tasks++;
-    double t = now_s(), dt = t - a->t0;
-    if (dt < PERIOD_S || a->tasks * 2 < a->limit)
+    if (dt < PERIOD_S || a->tasks * 4 < a->limit)
         return;
-    decide(a, (double)a->work / dt);
+    double idle = idle_share(a);
+    decide(a, (double)a->work / dt, idle);
     if (getenv("MPCP_ADAPT_TRACE"))
-        fprintf(stderr, "mpcp: %.0f work/s over %.2f s, %zu tasks: window %zu\n",
-                (double)a->work / dt, dt, a->tasks, a->limit);
+        fprintf(stderr, "mpcp: %.0f work/s over %.2f s, %zu tasks, %.0f%% idle: window %zu\n",
+                (double)a->work / dt, dt, a->tasks, 100 * idle, a->limit);
     a->t0 = t;
     a->work = 0;
     a->tasks = 0;

@@ -417,13 +417,15 @@ int mpcp_slow_max_jobs(void);
  */
 struct mpcp_adapt {
     size_t limit, cap;
-    size_t good;   /* the largest size whose step up paid */
-    double best;   /* work per second at good */
-    double t0;     /* start of this measurement */
-    uint64_t work; /* done since t0 */
-    size_t tasks;  /* completed since t0 */
-    int hold;      /* measurements left before the next probe */
-    bool probed;   /* a step did not pay once: later probes are smaller */
+    size_t good;                            /* the largest size whose step up paid */
+    double best;                            /* work per second at good */
+    double t0;                              /* start of this measurement */
+    uint64_t work;                          /* done since t0 */
+    size_t tasks;                           /* completed since t0 */
+    int hold;                               /* measurements left before the next probe */
+    bool probed;                            /* a step did not pay once: later probes are smaller */
+    bool started;                           /* a task has completed */
+    unsigned long long cpu_idle, cpu_total; /* /proc/stat at t0 */
 };
 void mpcp_adapt_init(struct mpcp_adapt *a, size_t start, size_t cap);
 void mpcp_adapt_done(struct mpcp_adapt *a, uint64_t work);

@@ -36,6 +36,8 @@
 /* Work units for the window's throughput: a round trip or so each. */
 #define WORK_PER_ENTRY 8
 #define WORK_BYTES     ((uint64_t)128 << 10)
+/* Tasks in flight per worker: each worker finds its next tasks waiting. */
+#define FLY_PER_WORKER 4
 /* Larger files are copied in ranges of at least CHUNK_MIN by several workers. */
 #define CHUNK_ABOVE ((uint64_t)64 << 20)
 #define CHUNK_MIN   ((uint64_t)32 << 20)
@@ -719,6 +721,19 @@ static void rerun_here(struct planner *p, struct flight *f)
         report_result(p, &f->task, p->result.data, p->result.len);
 }
 
+/*
+ * The window moved: the pool starts workers for the window's size, not for
+ * every task in flight (twice as many, so that each worker finds its next
+ * task waiting). Over MPI the ranks are all there and the pool says so.
+ */
+static void follow_window(struct planner *p, uint64_t work)
+{
+    size_t was = p->adapt.limit;
+    mpcp_adapt_done(&p->adapt, work);
+    if (p->adapt.limit != was)
+        (void)mproc_pool_set_max_workers(p->pool, (int)p->adapt.limit);
+}
+
 /* Handles the i-th task in flight, which has completed, and forgets it. */
 static void complete(struct planner *p, size_t i)
 {
@@ -743,7 +758,7 @@ static void complete(struct planner *p, size_t i)
     if (p->stop && !was_stopped)
         cancel_waiting(p);
     if (p->adaptive)
-        mpcp_adapt_done(&p->adapt, work_done(&p->st) - work0);
+        follow_window(p, work_done(&p->st) - work0);
     mproc_result_destroy(&r);
     mpcp_buf_free(&f.task);
     folder_release(p, f.folder);
@@ -783,12 +798,13 @@ static bool in_flight_upto(const struct planner *p, uint64_t seq)
 }
 
 /*
- * How many tasks may be in flight now: adaptive, twice the workers the
- * window keeps busy, so that each finds its next task waiting.
+ * How many tasks may be in flight now. Adaptive, the window is a number of
+ * workers (the pool starts no more, mproc_pool_set_max_workers), with as
+ * many tasks each as -j gives: the window at N is -j N.
  */
 static size_t window(const struct planner *p)
 {
-    size_t w = p->adaptive ? p->adapt.limit * 2 : p->max_fly;
+    size_t w = p->adaptive ? p->adapt.limit * FLY_PER_WORKER : p->max_fly;
     return w < p->max_fly ? w : p->max_fly;
 }
 
@@ -2852,11 +2868,12 @@ static bool plan_on_slow_fs(const struct plan *pl)
  * pool of up to mpcp_slow_max_jobs() workers, started as the window hands
  * them tasks (on demand), of which the window keeps busy as many as pay.
  * The window starts at a quarter of the bound: a latency-bound copy gains
- * most in its first second, and one doubling or one step back settles it
- * (bench/slowfs.py at 1 ms a request, docs/BENCHMARKS.md: starting at 64
- * of 256, the default was 4-13% slower than the best -j in three cases and
- * 23% in the fourth, small files off slowfs; starting at 128 that case
- * paid for the workers too many, 0.95 s against 0.67 s).
+ * most in its first second, and a doubling or two settles it. Measured
+ * with bench/slowfs at 1 ms a request, 5k small files, medians of 6
+ * interleaved cold copies: starting at 128, copies off slowfs (CPU-bound
+ * here from 64 workers on) took 1.15 s against 0.89 s with -j 64; starting
+ * at 64 they took 0.86 s, and copies onto it 2.75 s against 2.37 s with
+ * -j 256 (starting at 128: 2.44 s). The published table: docs/BENCHMARKS.md.
  */
 static void use_slow_storage(struct planner *p, const struct plan *pl)
 {
@@ -2887,13 +2904,15 @@ static void start_workers(struct planner *p, const struct plan *pl)
     if (!worth_workers(p, pl))
         return;
     use_slow_storage(p, pl);
-    p->max_fly = (size_t)p->opt->jobs * 4;
+    p->max_fly = (size_t)p->opt->jobs * FLY_PER_WORKER;
     p->fly = calloc(p->max_fly, sizeof *p->fly);
     p->fly_r = calloc(p->max_fly, sizeof(mproc_result *));
     if (!p->fly || !p->fly_r || mpcp_workers_start(&p->pool, p->opt->jobs, p->adaptive) < 0) {
         p->pool = NULL; /* copy here, as with -j 1 */
         return;
     }
+    if (p->adaptive)
+        (void)mproc_pool_set_max_workers(p->pool, (int)p->adapt.limit);
     /* A request for every worker, and some to spare: each answer is bounded (listing.c). */
     size_t ahead = (size_t)p->opt->jobs * 2;
     p->max_asked = ahead < 4 ? 4 : ahead > 64 ? 64 : ahead;
