@@ -695,8 +695,7 @@ Test(pool_faults, workers_on_demand_follow_the_tasks_waiting, .timeout = 60)
     cr_assert_eq(test_children_of(server, kids, MAX_PIDS), 6);
     cr_assert_eq(kill(kids[0], SIGKILL), 0);
     int64_t deadline = test_now_ms() + 10000;
-    while ((still_a_child(server, kids[0]) || workers_now(server) != 6) &&
-           test_now_ms() < deadline)
+    while ((still_a_child(server, kids[0]) || workers_now(server) != 6) && test_now_ms() < deadline)
         usleep(2000);
     cr_expect_eq(naps_at_once(pool, 6, 400000), 6);
     cr_expect_eq(workers_now(server), 6, "%zu workers after a kill", workers_now(server));
