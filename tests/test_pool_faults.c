@@ -666,6 +666,15 @@ static bool still_a_child(pid_t server, pid_t pid)
     return false;
 }
 
+/* SIGKILLs worker pid, then waits until it is reaped and the server has n workers again. */
+static void kill_until_replaced(pid_t server, pid_t pid, size_t n)
+{
+    cr_assert_eq(kill(pid, SIGKILL), 0);
+    int64_t deadline = test_now_ms() + 10000;
+    while ((still_a_child(server, pid) || workers_now(server) != n) && test_now_ms() < deadline)
+        usleep(2000);
+}
+
 /*
  * A pool of 16 on demand: one worker at create, still one after tasks run
  * one at a time, one per task that waits (six naps at once: six workers),
@@ -693,10 +702,7 @@ Test(pool_faults, workers_on_demand_follow_the_tasks_waiting, .timeout = 60)
                  workers_now(server));
     pid_t kids[MAX_PIDS];
     cr_assert_eq(test_children_of(server, kids, MAX_PIDS), 6);
-    cr_assert_eq(kill(kids[0], SIGKILL), 0);
-    int64_t deadline = test_now_ms() + 10000;
-    while ((still_a_child(server, kids[0]) || workers_now(server) != 6) && test_now_ms() < deadline)
-        usleep(2000);
+    kill_until_replaced(server, kids[0], 6);
     cr_expect_eq(naps_at_once(pool, 6, 400000), 6);
     cr_expect_eq(workers_now(server), 6, "%zu workers after a kill", workers_now(server));
     cr_assert_eq(mproc_pool_close(pool), 0);
@@ -758,11 +764,7 @@ Test(pool_faults, max_workers_bound_the_starts_and_move_while_the_pool_runs, .ti
     cr_expect_eq(workers_now(server), 8, "%zu workers once lowered to 2", workers_now(server));
     pid_t kids[MAX_PIDS];
     cr_assert_eq(test_children_of(server, kids, MAX_PIDS), 8);
-    cr_assert_eq(kill(kids[3], SIGKILL), 0);
-    /* Until the dead one is gone from the fork server's children and another took its place. */
-    int64_t deadline = test_now_ms() + 10000;
-    while ((still_a_child(server, kids[3]) || workers_now(server) != 8) && test_now_ms() < deadline)
-        usleep(2000);
+    kill_until_replaced(server, kids[3], 8);
     cr_expect(!still_a_child(server, kids[3]), "the killed worker is still there");
     cr_expect_eq(workers_now(server), 8,
                  "%zu workers: a dead worker above the bound is not replaced", workers_now(server));

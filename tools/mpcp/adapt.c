@@ -11,9 +11,9 @@
  * on noise. The share of CPU time left idle is steady, and says what a
  * step up can buy: while the CPUs wait, more operations in flight overlap
  * more round trips; once they are busy, more processes only share them.
- * So the window doubles while at least IDLE_GROW of the CPU time is idle,
- * and a step up is kept unless the throughput fell below KEEP of the size
- * before (the server or the link saturated and suffers from more). A step
+ * So the window doubles while at least IDLE_GROW of the CPU time is idle
+ * or the last doubling paid GAIN more throughput, and a step up is kept unless the throughput fell
+ * below KEEP of the size before (the server or the link saturated and suffers from more). A step
  * that lost goes back, holds there a while, and probes again a smaller
  * step up (the load of the server may change). Where /proc/stat cannot be
  * read, a step must pay GAIN more throughput to be kept. Bounded by the
@@ -29,7 +29,7 @@
 #include <time.h>
 
 #define PERIOD_S 0.2 /* a measurement lasts at least this long ... */
-/* ... and sees as many tasks complete as half the window. */
+/* ... and sees as many tasks complete as a quarter of the window's workers. */
 #define IDLE_GROW        0.25 /* the CPUs idle this share of the time: a step up may pay */
 #define KEEP             0.5  /* a step up is undone below this share of the rate before */
 #define GAIN             1.12 /* without /proc/stat, a step up must pay this much */

@@ -408,11 +408,11 @@ bool mpcp_slow_fs(int fd);
 int mpcp_slow_max_jobs(void);
 
 /*
- * The window of tasks in flight, found while copying: limit is how many the
- * planner may have in flight now, between 1 and cap. The planner calls
- * mpcp_adapt_done() as each task completes, with the work it did (entries
- * and bytes, in one unit); the window then grows while the work done per
- * second grows, and falls back when it stops growing. Not thread-safe: the
+ * The window, found while copying: limit is how many workers the planner
+ * keeps busy now, between 1 and cap. The planner calls mpcp_adapt_done()
+ * as each task completes, with the work it did (entries and bytes, in one
+ * unit); the window then grows while the CPUs wait or the work done per
+ * second grows, and falls back when a step halves it (adapt.c). Not thread-safe: the
  * planner's alone.
  */
 struct mpcp_adapt {

@@ -723,8 +723,8 @@ static void rerun_here(struct planner *p, struct flight *f)
 
 /*
  * The window moved: the pool starts workers for the window's size, not for
- * every task in flight (twice as many, so that each worker finds its next
- * task waiting). Over MPI the ranks are all there and the pool says so.
+ * every task in flight (FLY_PER_WORKER times as many, so that each worker
+ * finds its next tasks waiting). Over MPI the ranks are all there and the pool says so.
  */
 static void follow_window(struct planner *p, uint64_t work)
 {
