@@ -448,6 +448,14 @@ Test(mpcp_slowfs, the_workers_follow_the_window_not_the_tasks, .init = mount_slo
     cr_assert_eq(over, 0, "%zu processes with a window of at most %zu:\n%s", over, over_window,
                  trace);
     cr_assert_gt(peak_before, 1, "no worker seen before the first measurement");
+    /* The fill is judged once, before any period: the window stays or steps to 4x (adapt.c). */
+    const char *fill = strstr(trace, "% idle: window "), *period = strstr(trace, "work/s");
+    cr_assert(fill && (!period || fill < period), "no judgement of the fill first:\n%s", trace);
+    size_t filled = (size_t)strtoul(fill + strlen("% idle: window "), NULL, 10);
+    cr_assert(filled == start || filled == 4 * start, "the fill gave a window of %zu:\n%s", filled,
+              trace);
+    const char *again = strstr(fill + 1, "% idle: window ");
+    cr_assert(!again || (period && again > period), "the fill judged twice:\n%s", trace);
     cr_log_info("peak %zu processes before the first measurement, %zu after; window up to %zu",
                 peak_before, peak_after, largest);
 }

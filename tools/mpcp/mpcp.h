@@ -411,9 +411,11 @@ int mpcp_slow_max_jobs(void);
  * The window, found while copying: limit is how many workers the planner
  * keeps busy now, between 1 and cap. The planner calls mpcp_adapt_done()
  * as each task completes, with the work it did (entries and bytes, in one
- * unit); the window then grows while the CPUs wait or the work done per
- * second grows, and falls back when a step halves it (adapt.c). Not thread-safe: the
- * planner's alone.
+ * unit), and mpcp_adapt_tick() when it wakes from a wait (at most
+ * mpcp_adapt_tick_ms() apart). The window steps to 4x at once when the CPUs
+ * idled most of the fill, then grows while the CPUs wait or the work done
+ * per second grows, and falls back when a step halves it (adapt.c). Not
+ * thread-safe: the planner's alone.
  */
 struct mpcp_adapt {
     size_t limit, cap;
@@ -425,10 +427,16 @@ struct mpcp_adapt {
     int hold;                               /* measurements left before the next probe */
     bool probed;                            /* a step did not pay once: later probes are smaller */
     bool started;                           /* a task has completed */
+    bool fill_judged;                       /* the fill's idle share has been read */
     unsigned long long cpu_idle, cpu_total; /* /proc/stat at t0 */
 };
 void mpcp_adapt_init(struct mpcp_adapt *a, size_t start, size_t cap);
-void mpcp_adapt_done(struct mpcp_adapt *a, uint64_t work);
+/* A task completed with work done: true if the window moved. */
+bool mpcp_adapt_done(struct mpcp_adapt *a, uint64_t work);
+/* The caller waits for tasks: true if the window moved (the fill is judged). */
+bool mpcp_adapt_tick(struct mpcp_adapt *a);
+/* How soon the next tick is wanted, in ms; -1: ticks are not needed. */
+int mpcp_adapt_tick_ms(const struct mpcp_adapt *a);
 
 /* ---- workers (parallel.c) ---- */
 

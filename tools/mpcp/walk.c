@@ -726,12 +726,16 @@ static void rerun_here(struct planner *p, struct flight *f)
  * every task in flight (FLY_PER_WORKER times as many, so that each worker
  * finds its next tasks waiting). Over MPI the ranks are all there and the pool says so.
  */
-static void follow_window(struct planner *p, uint64_t work)
+static void follow_window(struct planner *p)
 {
-    size_t was = p->adapt.limit;
-    mpcp_adapt_done(&p->adapt, work);
-    if (p->adapt.limit != was)
-        (void)mproc_pool_set_max_workers(p->pool, (int)p->adapt.limit);
+    (void)mproc_pool_set_max_workers(p->pool, (int)p->adapt.limit);
+}
+
+/* Called as the planner waits for tasks: the fill is judged when the window is full (adapt.c). */
+static void tick_window(struct planner *p)
+{
+    if (p->adaptive && mpcp_adapt_tick(&p->adapt))
+        follow_window(p);
 }
 
 /* Handles the i-th task in flight, which has completed, and forgets it. */
@@ -757,8 +761,8 @@ static void complete(struct planner *p, size_t i)
         report_lost(p, &f, r, rc);
     if (p->stop && !was_stopped)
         cancel_waiting(p);
-    if (p->adaptive)
-        follow_window(p, work_done(&p->st) - work0);
+    if (p->adaptive && mpcp_adapt_done(&p->adapt, work_done(&p->st) - work0))
+        follow_window(p);
     mproc_result_destroy(&r);
     mpcp_buf_free(&f.task);
     folder_release(p, f.folder);
@@ -779,7 +783,10 @@ static void complete_ready(struct planner *p)
 static void wait_some(struct planner *p)
 {
     size_t ready = 0;
-    int rc = mproc_result_wait_many(p->fly_r, p->n_fly, false, &ready, 200);
+    int ms = p->adaptive ? mpcp_adapt_tick_ms(&p->adapt) : -1;
+    int rc =
+        mproc_result_wait_many(p->fly_r, p->n_fly, false, &ready, ms >= 0 && ms < 200 ? ms : 200);
+    tick_window(p);
     mpcp_progress_add(p->prog, 0, 0); /* the bar moves on while a big file is copied */
     if (rc == -EINTR || mpcp_interrupted) {
         p->stop = true;
@@ -2873,7 +2880,10 @@ static bool plan_on_slow_fs(const struct plan *pl)
  * interleaved cold copies: starting at 128, copies off slowfs (CPU-bound
  * here from 64 workers on) took 1.15 s against 0.89 s with -j 64; starting
  * at 64 they took 0.86 s, and copies onto it 2.75 s against 2.37 s with
- * -j 256 (starting at 128: 2.44 s). The published table: docs/BENCHMARKS.md.
+ * -j 256 (starting at 128: 2.44 s). That gap was the climb: a fill whose
+ * CPUs idle steps to 4x at once now (adapt.c), and the same copies onto it
+ * took 2.24 s against 2.22 s with -j 256, off it 0.79 s against 0.77 s
+ * with -j 64 (medians of 6). The published table: docs/BENCHMARKS.md.
  */
 static void use_slow_storage(struct planner *p, const struct plan *pl)
 {
