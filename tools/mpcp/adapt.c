@@ -137,10 +137,14 @@ void mpcp_adapt_init(struct mpcp_adapt *a, size_t start, size_t cap)
     idle_share(a); /* the fill's idle share is from here */
 }
 
+static size_t capped(const struct mpcp_adapt *a, size_t n)
+{
+    return n > a->cap ? a->cap : n;
+}
+
 static size_t step_up(const struct mpcp_adapt *a)
 {
-    size_t next = a->probed ? a->limit + (a->limit + 1) / 2 : a->limit * 2;
-    return next > a->cap ? a->cap : next;
+    return capped(a, a->probed ? a->limit + (a->limit + 1) / 2 : a->limit * 2);
 }
 
 /*
@@ -168,14 +172,15 @@ static void decide(struct mpcp_adapt *a, double rate, double idle)
         a->limit = step_up(a);
 }
 
-/* The fill is judged once: a fill mostly idle waits on round trips, and steps to 4x. */
+/* The fill is judged once: a fill idle IDLE_RUSH of the time waits on round trips, and steps to 4x.
+ */
 static bool judge_fill(struct mpcp_adapt *a, double t, const char *when)
 {
     a->fill_judged = true;
     size_t was = a->limit;
     double idle = idle_share(a);
     if (idle >= IDLE_RUSH) {
-        a->limit = a->limit * 4 > a->cap ? a->cap : a->limit * 4;
+        a->limit = capped(a, a->limit * 4);
         a->good = a->limit;
     }
     if (getenv("MPCP_ADAPT_TRACE"))

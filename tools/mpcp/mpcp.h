@@ -413,7 +413,7 @@ int mpcp_slow_max_jobs(void);
  * as each task completes, with the work it did (entries and bytes, in one
  * unit), and mpcp_adapt_tick() when it wakes from a wait (at most
  * mpcp_adapt_tick_ms() apart). The window steps to 4x at once when the CPUs
- * idled most of the fill, then grows while the CPUs wait or the work done
+ * idled 40% of the fill, then grows while the CPUs wait or the work done
  * per second grows, and falls back when a step halves it (adapt.c). Not
  * thread-safe: the planner's alone.
  */

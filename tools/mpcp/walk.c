@@ -2881,9 +2881,9 @@ static bool plan_on_slow_fs(const struct plan *pl)
  * here from 64 workers on) took 1.15 s against 0.89 s with -j 64; starting
  * at 64 they took 0.86 s, and copies onto it 2.75 s against 2.37 s with
  * -j 256 (starting at 128: 2.44 s). That gap was the climb: a fill whose
- * CPUs idle steps to 4x at once now (adapt.c), and the same copies onto it
- * took 2.24 s against 2.22 s with -j 256, off it 0.79 s against 0.77 s
- * with -j 64 (medians of 6). The published table: docs/BENCHMARKS.md.
+ * CPUs idle steps to 4x at once now (adapt.c); in the published table
+ * (docs/BENCHMARKS.md, medians of 3) copies onto it took 2.34 s against
+ * 2.27 s with -j 256, off it 0.86 s against 0.86 s with -j 128.
  */
 static void use_slow_storage(struct planner *p, const struct plan *pl)
 {
