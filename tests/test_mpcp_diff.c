@@ -726,6 +726,31 @@ static void setup_update_links(int dir)
     close(s);
 }
 
+/*
+ * Four names of one file onto a destination where two are newer and two
+ * older: cp -u keeps the newer ones and, even without --preserve=links,
+ * links a later kept name to the first it kept (its newer file goes).
+ */
+static void setup_update_kept_links(int dir)
+{
+    static const char *const names[] = {"a", "b", "c", "d"};
+    static const time_t ages[] = {1400000000, 1200000000, 1200000000, 1400000000};
+    int s = sub_dir(dir, "s", 0755);
+    put_file(s, "a", "source\n", 0644);
+    for (int i = 1; i < 4; i++)
+        must(linkat(s, "a", s, names[i], 0), "link", names[i]);
+    set_mtime(s, "a", 1300000000, 0);
+    int o = sub_dir(dir, "o", 0755);
+    for (int i = 0; i < 4; i++) {
+        char text[32];
+        snprintf(text, sizeof text, "old %s\n", names[i]);
+        put_file(o, names[i], text, 0644);
+        set_mtime(o, names[i], ages[i], 0);
+    }
+    close(o);
+    close(s);
+}
+
 static void setup_readonly_dest(int dir)
 {
     int s = sub_dir(dir, "s", 0755);
@@ -1173,6 +1198,15 @@ CASE(no_clobber_wins_over_update_before, .setup = setup_existing, .args = {"-ruT
 /* -u does not keep a newer file in place of a hard link to the copy of its source. */
 CASE(update_links_to_the_copy, .setup = setup_update_links, .args = {"-au", "s", "t"},
      .flags = CMP_MTIME)
+CASE(update_links_kept_names, .setup = setup_update_kept_links, .args = {"-ruvT", "s", "o"})
+CASE(update_links_kept_names_j1, .setup = setup_update_kept_links, .args = {"-ruvT", "s", "o"},
+     .jobs = "1")
+CASE(update_links_kept_names_j4, .setup = setup_update_kept_links, .args = {"-ruvT", "s", "o"},
+     .jobs = "4")
+CASE(update_links_kept_names_preserved, .setup = setup_update_kept_links,
+     .args = {"-rduvT", "s", "o"}, .jobs = "4")
+CASE(update_links_kept_names_backup, .setup = setup_update_kept_links, .args = {"-rubvT", "s", "o"},
+     .jobs = "4")
 CASE(update_none_is_n, .setup = setup_existing, .args = {"-rnT", "s", "o"},
      .mp_args = {"-rT", "--update=none", "s", "o"})
 CASE(update_older_is_u, .setup = setup_existing, .args = {"-a", "-uT", "s", "o"},
@@ -1717,6 +1751,62 @@ static void rnd_file(int dir, const char *name, bool setid)
     close(fd);
 }
 
+/* What the round builds in each side (the same, from the same draws). */
+static struct {
+    uint64_t seed;
+    unsigned dest; /* 0: none, 1: an overlapping folder, 2: a file */
+} rnd_round;
+
+/*
+ * Paths below the source's root that name a file the source also reaches
+ * by another path (hard links; symlinks followed under -L and -H). Which
+ * of them cp meets first (inode order, into a subfolder as it meets it)
+ * and which mpcp meets first (a folder's files first, readdir order) can
+ * differ, and onto an existing destination of that name the first one
+ * decides what the group becomes (its mode kept, a fifo that cannot be
+ * made, -u's kept file): MPCP.md's known differences. So an overlapping
+ * destination holds no entry at these paths.
+ */
+static struct {
+    char path[512][128];
+    uint64_t dev[512], ino[512];
+    bool shared[512];
+    int n;
+} reach;
+
+static void reach_dir(int dir, const char *path, int depth)
+{
+    for (unsigned i = 0; i < N_RND_NAMES && reach.n < 512; i++) {
+        struct stat st;
+        if (fstatat(dir, rnd_names[i], &st, 0) != 0)
+            continue; /* absent, dangling, a loop */
+        int k = reach.n++;
+        snprintf(reach.path[k], sizeof reach.path[k], "%s%s%s", path, *path ? "/" : "",
+                 rnd_names[i]);
+        reach.dev[k] = st.st_dev;
+        reach.ino[k] = st.st_ino;
+        reach.shared[k] = false;
+        for (int j = 0; j < k; j++)
+            if (reach.dev[j] == st.st_dev && reach.ino[j] == st.st_ino)
+                reach.shared[j] = reach.shared[k] = true;
+        if (!S_ISDIR(st.st_mode) || depth >= 5)
+            continue;
+        int sub = openat(dir, rnd_names[i], O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (sub >= 0) {
+            reach_dir(sub, reach.path[k], depth + 1);
+            close(sub);
+        }
+    }
+}
+
+static bool reached_twice(const char *path)
+{
+    for (int i = 0; i < reach.n; i++)
+        if (reach.shared[i] && !strcmp(reach.path[i], path))
+            return true;
+    return false;
+}
+
 /*
  * A folder of 0-6 entries; top is the tree's root, seen (paths below top)
  * its files so far, for hard links; NULL in a destination, which has no
@@ -1737,6 +1827,8 @@ static void rnd_dir(int top, int dir, const char *path, int depth, char (*seen)[
         if (fstatat(dir, name, &st, AT_SYMLINK_NOFOLLOW) == 0)
             continue;
         unsigned kind = pick(12);
+        if (!seen && reached_twice(rel))
+            continue;
         if (kind < 4 || (kind == 4 && depth >= 3) || (kind <= 10 && !seen)) {
             rnd_file(dir, name, seen != NULL);
             if (seen && *nseen < 64)
@@ -1764,12 +1856,6 @@ static void rnd_dir(int top, int dir, const char *path, int depth, char (*seen)[
     }
 }
 
-/* What the round builds in each side (the same, from the same draws). */
-static struct {
-    uint64_t seed;
-    unsigned dest; /* 0: none, 1: an overlapping folder, 2: a file */
-} rnd_round;
-
 static void setup_random(int dir)
 {
     static char seen[64][256];
@@ -1778,6 +1864,10 @@ static void setup_random(int dir)
     int s = sub_dir(dir, "s", 0755);
     rnd_dir(s, s, "", 0, seen, &nseen);
     stamp_tree(s, 1100000000 + (time_t)pick(1000));
+    if (rnd_round.dest == 1) {
+        reach.n = 0;
+        reach_dir(s, "", 0);
+    }
     close(s);
     if (rnd_round.dest == 1) {
         int o = sub_dir(dir, "o", 0755);

@@ -1898,15 +1898,28 @@ static void warn_unlinked(struct ectx *x, const char *link_q)
     x->r->msg = x->msg;
 }
 
+/* Whether -u keeps the existing destination d (judged through a symlink, as check_existing). */
+static bool kept_by_update(struct ectx *x, const struct stat *d)
+{
+    struct stat t;
+    if (S_ISLNK(d->st_mode) && !replaces_name(x->opt))
+        return fstatat(x->dfd, x->e->dst_name, &t, 0) == 0 && dst_newer_or_same(x->e, &t);
+    return dst_newer_or_same(x->e, d);
+}
+
 /*
  * First copies of hard-link groups that failed in this task: a later name
  * of the group in the same task is copied by itself (cp forgets a failed
  * first copy), not linked to what the destination held. Later tasks are
  * rewritten by the planner, which waits for the first copies (walk.c).
+ * Under update_links a copy that -u keeps becomes the group's first copy
+ * (kept_path, kept_disp: owned here, freed when the next task starts), and
+ * the planner learns it from the result.
  */
 #define MAX_FAILED_LEADERS 64
 struct failed_leader {
     uint64_t dev, ino;
+    char *kept_path, *kept_disp;
 };
 static struct failed_leader failed_leaders[MAX_FAILED_LEADERS];
 static size_t n_failed_leaders;
@@ -1914,23 +1927,84 @@ static size_t n_failed_leaders;
 static void remember_failed_leader(const struct mpcp_entry *e)
 {
     if (n_failed_leaders < MAX_FAILED_LEADERS)
-        failed_leaders[n_failed_leaders++] = (struct failed_leader){e->dev, e->ino};
+        failed_leaders[n_failed_leaders++] = (struct failed_leader){e->dev, e->ino, NULL, NULL};
 }
 
-static bool leader_failed_here(const struct mpcp_entry *e)
+static struct failed_leader *leader_failed_here(const struct mpcp_entry *e)
 {
     for (size_t i = 0; i < n_failed_leaders; i++)
         if (failed_leaders[i].dev == e->dev && failed_leaders[i].ino == e->ino)
-            return true;
-    return false;
+            return &failed_leaders[i];
+    return NULL;
+}
+
+static void forget_failed_leaders(void)
+{
+    for (size_t i = 0; i < n_failed_leaders; i++) {
+        free(failed_leaders[i].kept_path);
+        free(failed_leaders[i].kept_disp);
+    }
+    n_failed_leaders = 0;
+}
+
+/* x's name from the destination root, as the planner names a first copy (walk.c). */
+static void keep_as_leader(struct ectx *x, struct failed_leader *f)
+{
+    const struct mpcp_task *t = x->task;
+    bool top = t->flags & MPCP_TASK_TOP;
+    char buf[PATH_MAX * 2];
+    /* top: the operand's name in its root, and its destination as typed. */
+    join_name(buf, sizeof buf, t->dst_dir, x->e->dst_name, false);
+    char *path = strdup(top ? x->e->dst_name : buf);
+    join_name(buf, sizeof buf, t->dst_disp, x->e->dst_name, top);
+    char *disp = strdup(buf);
+    if (!path || !disp) {
+        /* Out of memory: the later names are copied by themselves, none is lost. */
+        free(path);
+        free(disp);
+        return;
+    }
+    f->kept_path = path;
+    f->kept_disp = disp;
+}
+
+static void link_to_first(struct ectx *x);
+
+/*
+ * A name whose first copy failed in this task: copied by itself, or under
+ * update_links linked to the name -u kept since (which the link checks).
+ */
+static void exec_after_failed_leader(struct ectx *x, struct failed_leader *f)
+{
+    if (!x->opt->update_links || !f->kept_path) {
+        exec_reg_copy(x);
+        if (x->opt->update_links && x->r->status == MPCP_SKIPPED && (x->r->flags & MPCP_R_KEPT))
+            keep_as_leader(x, f);
+        return;
+    }
+    const struct mpcp_entry *orig = x->e;
+    struct mpcp_entry link = *orig;
+    link.type = MPCP_T_HARDLINK;
+    link.link_target = f->kept_path;
+    link.link_disp = f->kept_disp;
+    link.rdev = x->task->dst_root;
+    x->e = &link;
+    link_to_first(x);
+    x->e = orig; /* link dies here */
 }
 
 static void exec_hardlink(struct ectx *x)
 {
-    if (x->e->mode && S_ISREG(x->e->mode) && leader_failed_here(x->e)) {
-        exec_reg_copy(x);
+    struct failed_leader *f = x->e->mode && S_ISREG(x->e->mode) ? leader_failed_here(x->e) : NULL;
+    if (f) {
+        exec_after_failed_leader(x, f);
         return;
     }
+    link_to_first(x);
+}
+
+static void link_to_first(struct ectx *x)
+{
     const char *base;
     int tdir = open_link_dir(x, &base);
     char link_q[PATH_MAX * 2];
@@ -1951,16 +2025,31 @@ static void exec_hardlink(struct ectx *x)
             return;
         }
     }
-    if (exists && check_existing(x, &d) == STOP_HERE) {
+    /*
+     * A name whose newer destination -u keeps: cp replaces it with the link
+     * at once, before its other checks and without a backup. Without
+     * --preserve=links only such a name is linked; any other is copied.
+     */
+    bool keeps = exists && x->opt->update == MPCP_UPDATE_OLDER && !S_ISDIR(d.st_mode) &&
+                 kept_by_update(x, &d);
+    if (x->opt->update_links && !keeps) {
+        close(tdir);
+        exec_reg_copy(x);
+        return;
+    }
+    if (exists && !keeps && check_existing(x, &d) == STOP_HERE) {
         close(tdir);
         return;
     }
-    x->r->flags |= MPCP_R_ATTEMPTED;
     /* cp links over an existing name by removing it first, and -v says so; -b keeps it. */
-    if (exists && x->opt->backup != MPCP_BACKUP_NONE)
+    if (keeps)
+        x->r->flags |= MPCP_R_REPLACED | MPCP_R_KEPT_LINK;
+    else if (exists && x->opt->backup != MPCP_BACKUP_NONE)
         x->backup_due = true;
     else if (exists)
-        x->r->flags |= MPCP_R_REPLACED;
+        x->r->flags |= MPCP_R_REPLACED | MPCP_R_LINKED;
+    if (!keeps)
+        x->r->flags |= MPCP_R_ATTEMPTED;
     char tmp[NAME_MAX + 1];
     mpcp_temp_name(tmp, sizeof tmp, x->e->dst_name);
     int rc = linkat(tdir, base, x->dfd, tmp, 0);
@@ -2088,7 +2177,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
     struct ectx *x = malloc(sizeof *x);
     if (!x)
         return -ENOMEM;
-    n_failed_leaders = 0;
+    forget_failed_leaders();
     bool stop = false;
     for (uint32_t i = 0; i < t.count && !stop; i++) {
         struct mpcp_entry e;
@@ -2126,9 +2215,13 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
         } else {
             exec_entry(x);
         }
-        /* -n and -i keep what is there, which is not a copy; -u keeps it as the copy. */
-        bool lost =
-            r.status == MPCP_FAILED || (r.status == MPCP_SKIPPED && !(r.flags & MPCP_R_KEPT));
+        /*
+         * -n and -i keep what is there, which is not a copy; -u keeps it as
+         * the copy, and without --preserve=links only that (update_links).
+         */
+        bool lost = r.status == MPCP_FAILED ||
+                    (r.status == MPCP_SKIPPED && !(r.flags & MPCP_R_KEPT)) ||
+                    (r.status == MPCP_OK && options->update_links);
         if ((e.flags & MPCP_E_LEADER) && lost)
             remember_failed_leader(&e);
         stop = r.flags & MPCP_R_STOP;
@@ -2137,6 +2230,7 @@ int mpcp_exec_run(const unsigned char *task, size_t len, int hint_src, int hint_
             break;
     }
     close_held(); /* a task leaves no descriptor behind */
+    forget_failed_leaders();
     free(x);
     return rc;
 }

@@ -42,6 +42,13 @@ struct mpcp_opts {
     bool no_target_dir;
     const char *target_dir;
     int update; /* enum mpcp_update; -n maps to NONE */
+    /*
+     * -u without --preserve=links: cp still remembers a file it keeps (a
+     * newer destination) and links a later name of that file that it also
+     * keeps to it, replacing that name's own newer destination. Set by
+     * options_parse().
+     */
+    bool update_links;
     bool force, verbose, one_fs, stats, json, dry_run, quiet, inplace;
     bool parents;         /* --parents: DIRECTORY/SOURCE as typed, missing folders made */
     bool strip_slashes;   /* --strip-trailing-slashes, on the sources copied into a folder */
@@ -282,10 +289,12 @@ int mpcp_task_decode_entry(const unsigned char *p, size_t len, size_t *pos, stru
 
 /* Per-entry outcome. */
 enum mpcp_status { MPCP_OK = 0, MPCP_SKIPPED = 1, MPCP_FAILED = 2 };
-#define MPCP_R_STOP      0x1u /* out of space or quota: the run must stop */
-#define MPCP_R_REPLACED  0x2u /* an existing destination was removed first (cp -v says so) */
-#define MPCP_R_ATTEMPTED 0x4u /* past cp's checks: cp -v names it even if it then failed */
-#define MPCP_R_KEPT      0x8u /* skipped by -u: cp links a group's later names to it */
+#define MPCP_R_STOP      0x1u  /* out of space or quota: the run must stop */
+#define MPCP_R_REPLACED  0x2u  /* an existing destination was removed first (cp -v says so) */
+#define MPCP_R_ATTEMPTED 0x4u  /* past cp's checks: cp -v names it even if it then failed */
+#define MPCP_R_KEPT      0x8u  /* skipped by -u: cp links a group's later names to it */
+#define MPCP_R_LINKED    0x10u /* a hard link replaced a name: cp -v names it, then "removed" */
+#define MPCP_R_KEPT_LINK 0x20u /* a name -u keeps became a link: cp -v says only "removed" */
 
 struct mpcp_result_entry {
     uint8_t status;

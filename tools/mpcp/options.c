@@ -610,6 +610,8 @@ int mpcp_options_parse(struct mpcp_opts *opt, int argc, char **argv)
     /* As cp: -r alone copies symlinks, -rl links what they point to. */
     if (opt->deref == MPCP_DEREF_UNSET)
         opt->deref = opt->recursive && !opt->hard_link ? MPCP_DEREF_NEVER : MPCP_DEREF_ALWAYS;
+    opt->update_links =
+        opt->update == MPCP_UPDATE_OLDER && !opt->p_links && !opt->hard_link && !opt->symbolic_link;
     opt->jobs_auto = opt->jobs == 0;
     if (opt->jobs == 0 && mproc_cpu_count(&opt->jobs) < 0)
         opt->jobs = 1;

@@ -477,21 +477,51 @@ static void forget_leader(struct planner *p, const struct mpcp_entry *e)
     }
 }
 
+/*
+ * update_links: a name -u kept after its group's first copy was lost (the
+ * executor copied it by itself) is the group's first copy from now on, as
+ * cp remembers it. Its task has reported: later names need not wait (seq 0).
+ */
+static void lead_if_lost(struct planner *p, const struct mpcp_task *t, const struct mpcp_entry *e)
+{
+    struct link_slot *s = p->opt->update_links ? link_find(p, (dev_t)e->dev, (ino_t)e->ino) : NULL;
+    if (!s || s->path)
+        return;
+    bool top = t->flags & MPCP_TASK_TOP;
+    char *path = top ? strdup(e->dst_name) : join(t->dst_dir, e->dst_name);
+    char *disp = top ? strdup(t->dst_disp) : join(t->dst_disp, e->dst_name);
+    if (!path || !disp) {
+        free(path);
+        free(disp);
+        return; /* out of memory: later names are copied by themselves */
+    }
+    take_slot(p, s, path, disp, t->dst_root);
+    s->seq = 0;
+}
+
+static void print_removed(struct planner *p, const char *dst)
+{
+    char q[PATH_MAX * 2];
+    mpcp_quote(q, sizeof q, dst);
+    mpcp_progress_clear(p->prog);
+    printf("removed %s\n", q);
+}
+
 static void print_entry(struct planner *p, const struct mpcp_task *t, const struct mpcp_entry *e,
                         const struct mpcp_result_entry *r)
 {
     char *src, *dst;
     entry_paths(t, e, &src, &dst);
-    if (dst && (r->flags & MPCP_R_REPLACED)) {
-        char q[PATH_MAX * 2];
-        mpcp_quote(q, sizeof q, dst);
-        mpcp_progress_clear(p->prog);
-        printf("removed %s\n", q);
-    }
+    /* cp removes a name before it copies onto it, but after it names a link it makes there. */
+    bool linked = r->flags & (MPCP_R_LINKED | MPCP_R_KEPT_LINK);
+    if (dst && (r->flags & MPCP_R_REPLACED) && !linked)
+        print_removed(p, dst);
     if (src && dst && r->backup && r->backup[0])
         print_backed_up(p, src, dst, r->backup);
-    else if (src && dst)
+    else if (src && dst && !(r->flags & MPCP_R_KEPT_LINK))
         print_verbose(p, src, dst);
+    if (dst && (r->flags & MPCP_R_REPLACED) && linked && r->status == MPCP_OK)
+        print_removed(p, dst);
     free(src);
     free(dst);
 }
@@ -522,6 +552,9 @@ static void handle_result(struct planner *p, const struct mpcp_task *t, const st
     uint64_t unseen = r->bytes - seen;
     if (r->status == MPCP_OK) {
         count_ok(p, e, r->bytes);
+        /* -u without --preserve=links: cp remembers only what it keeps. */
+        if ((e->flags & MPCP_E_LEADER) && p->opt->update_links)
+            forget_leader(p, e);
         mpcp_progress_add(p->prog, 1, unseen);
         if (r->msg[0])
             warn_result(p, talk, r->msg);
@@ -533,6 +566,8 @@ static void handle_result(struct planner *p, const struct mpcp_task *t, const st
         /* What -n or -i keeps is not a copy: cp links no later name to it (-u's it does). */
         if ((e->flags & MPCP_E_LEADER) && !(r->flags & MPCP_R_KEPT))
             forget_leader(p, e);
+        else if (!(e->flags & MPCP_E_LEADER) && (r->flags & MPCP_R_KEPT))
+            lead_if_lost(p, t, e);
         return;
     }
     mpcp_progress_add(p->prog, 1, 0);
@@ -1006,13 +1041,16 @@ static void fill_entry(struct mpcp_entry *e, const struct stat *st)
 }
 
 /*
- * Whether --preserve=links keeps track of a file met with flags: one with
- * other names, and, as cp does, every file reached through symlinks (-L,
- * or an operand under -H), where two names may lead to one file.
+ * Whether --preserve=links (or -u, for the names it keeps: update_links)
+ * keeps track of a file met with flags: one with other names, and, as cp
+ * does, every file reached through symlinks (-L, or an operand under -H),
+ * where two names may lead to one file.
  */
 static bool tracks_links(const struct planner *p, const struct stat *st, uint8_t flags)
 {
-    if (!p->opt->p_links || S_ISDIR(st->st_mode))
+    if (S_ISDIR(st->st_mode))
+        return false;
+    if (!p->opt->p_links && !(p->opt->update_links && S_ISREG(st->st_mode)))
         return false;
     return st->st_nlink > 1 || (flags & MPCP_E_FOLLOW);
 }
@@ -1057,6 +1095,19 @@ static void plan_links(struct planner *p, struct mpcp_entry *e, const struct sta
     *to_free = disp;
 }
 
+/*
+ * -u without --preserve=links links a name to its group's first copy only
+ * if that copy was kept, which its result tells: such a name waits for the
+ * first copy's batch (rule 2), so it never goes into the same batch.
+ */
+static bool links_to_this_batch(struct planner *p, const struct stat *st, uint8_t flags)
+{
+    if (!p->opt->update_links || !tracks_links(p, st, flags) || p->batch_away)
+        return false;
+    const struct link_slot *s = link_find(p, st->st_dev, st->st_ino);
+    return s && s->path && s->seq == p->batch_seq && mpcp_task_count(&p->task) > 0;
+}
+
 static void add_entry(struct planner *p, const char *name, const char *dst_name,
                       const struct stat *st, uint8_t flags)
 {
@@ -1068,6 +1119,8 @@ static void add_entry(struct planner *p, const char *name, const char *dst_name,
     e.link_target = "";
     e.link_disp = "";
     fill_entry(&e, st);
+    if (links_to_this_batch(p, st, flags))
+        flush(p);
     char *to_free;
     plan_links(p, &e, st, &to_free);
     if (mpcp_task_add(&p->task, &e) < 0)
