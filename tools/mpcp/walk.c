@@ -468,6 +468,22 @@ static void take_slot(struct planner *p, struct link_slot *s, char *path, char *
     s->seq = p->batch_seq;
 }
 
+/* s becomes the group's first copy: e of task t, in this batch. Returns -1 when out of memory. */
+static int lead_from(struct planner *p, struct link_slot *s, const struct mpcp_task *t,
+                     const struct mpcp_entry *e)
+{
+    bool top = t->flags & MPCP_TASK_TOP;
+    char *path = top ? strdup(e->dst_name) : join(t->dst_dir, e->dst_name);
+    char *disp = top ? strdup(t->dst_disp) : join(t->dst_disp, e->dst_name);
+    if (!path || !disp) {
+        free(path);
+        free(disp);
+        return -1;
+    }
+    take_slot(p, s, path, disp, t->dst_root);
+    return 0;
+}
+
 static void forget_leader(struct planner *p, const struct mpcp_entry *e)
 {
     struct link_slot *s = link_find(p, (dev_t)e->dev, (ino_t)e->ino);
@@ -485,18 +501,9 @@ static void forget_leader(struct planner *p, const struct mpcp_entry *e)
 static void lead_if_lost(struct planner *p, const struct mpcp_task *t, const struct mpcp_entry *e)
 {
     struct link_slot *s = p->opt->update_links ? link_find(p, (dev_t)e->dev, (ino_t)e->ino) : NULL;
-    if (!s || s->path)
-        return;
-    bool top = t->flags & MPCP_TASK_TOP;
-    char *path = top ? strdup(e->dst_name) : join(t->dst_dir, e->dst_name);
-    char *disp = top ? strdup(t->dst_disp) : join(t->dst_disp, e->dst_name);
-    if (!path || !disp) {
-        free(path);
-        free(disp);
-        return; /* out of memory: later names are copied by themselves */
-    }
-    take_slot(p, s, path, disp, t->dst_root);
-    s->seq = 0;
+    /* Out of memory: later names are copied by themselves. */
+    if (s && !s->path && lead_from(p, s, t, e) == 0)
+        s->seq = 0;
 }
 
 static void print_removed(struct planner *p, const char *dst)
@@ -909,15 +916,8 @@ static int relink_entry(struct planner *p, const struct mpcp_task *t, struct mpc
     e->link_disp = "";
     if (!s)
         return 0;
-    bool top = t->flags & MPCP_TASK_TOP;
-    char *path = top ? strdup(e->dst_name) : join(t->dst_dir, e->dst_name);
-    char *disp = top ? strdup(t->dst_disp) : join(t->dst_disp, e->dst_name);
-    if (!path || !disp) {
-        free(path);
-        free(disp);
+    if (lead_from(p, s, t, e) < 0)
         return -1;
-    }
-    take_slot(p, s, path, disp, t->dst_root);
     e->flags |= MPCP_E_LEADER;
     return 0;
 }
